@@ -1,0 +1,458 @@
+"""The bulk diff: two inventories in, one frame of findings out.
+
+Everything here is vectorised joins and set membership over whole columns; there is no
+request and no query per object or row. The finding kinds and their actions are stable names
+used by reports, metadata, checks and remediation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
+from integrity.keys import normalized, resolve_references
+from integrity.spec import ReconciliationSpec
+
+ACTIONS: dict[str, str] = {
+    "orphan_object": "requeue",
+    "stuck_job": "retry",
+    "missing_original": "mark_error",
+    "missing_staged": "mark_error",
+    "progress_behind": "fix_progress",
+    "foreign_reference": "none",
+    "normalization_mismatch": "none",
+}
+FINDING_KINDS: tuple[str, ...] = tuple(ACTIONS)
+ACTION_KINDS: tuple[str, ...] = tuple(k for k, a in ACTIONS.items() if a != "none")
+REPORT_ONLY_KINDS: tuple[str, ...] = tuple(k for k, a in ACTIONS.items() if a == "none")
+
+FINDING_COLUMNS = [
+    "kind",
+    "table",
+    "row_id",
+    "key",
+    "tenant",
+    "action",
+    "detail",
+    "column",
+    "reference",
+    "status",
+    "updated_at",
+    "expected",
+]
+EXPORT_COLUMNS = ["kind", "table", "row_id", "key", "tenant", "action", "detail"]
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    """What counts as drift: the age thresholds and the optional filters."""
+
+    min_age: timedelta = timedelta(hours=1)
+    stuck_after: timedelta = timedelta(hours=24)
+    tenant: str | None = None
+    status: str | None = None
+    now: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_age_seconds": self.min_age.total_seconds(),
+            "stuck_after_seconds": self.stuck_after.total_seconds(),
+            "tenant": self.tenant,
+            "status": self.status,
+        }
+
+
+@dataclass
+class ReconciliationReport:
+    """The findings and whether they can be trusted (complete) with the reasons if not."""
+
+    findings: pd.DataFrame
+    complete: bool
+    reasons: list[str]
+    bucket: str
+    scope: str
+    objects_checked: int
+    rows_checked: int
+    generated_at: datetime
+    options: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        present = self.findings["kind"].value_counts()
+        return {kind: int(present.get(kind, 0)) for kind in FINDING_KINDS}
+
+    def examples(self, limit: int = 20) -> list[dict[str, Any]]:
+        """A few findings of each kind in turn, so one noisy kind does not hide the others."""
+        if self.findings.empty:
+            return []
+        ranked = self.findings.assign(_rank=self.findings.groupby("kind", sort=False).cumcount())
+        picked = ranked.sort_values(["_rank"], kind="stable").head(limit)
+        return [
+            {
+                "kind": r.kind,
+                "key": None if pd.isna(r.key) else r.key,
+                "row_id": None if pd.isna(r.row_id) else r.row_id,
+                "detail": r.detail,
+            }
+            for r in picked.itertuples(index=False)
+        ]
+
+    def summary(self, *, examples: int = 10) -> dict[str, Any]:
+        """The JSON summary the CLI prints and the assets record."""
+        return {
+            "dry_run": True,
+            "complete": self.complete,
+            **({"reasons": self.reasons} if self.reasons else {}),
+            "scope": self.scope,
+            "checked": {"objects": self.objects_checked, "rows": self.rows_checked},
+            "findings": self.counts(),
+            "updated": 0,
+            "requeued": 0,
+            "examples": self.examples(examples),
+        }
+
+    # -- files ---------------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "reasons": self.reasons,
+            "bucket": self.bucket,
+            "scope": self.scope,
+            "objects_checked": self.objects_checked,
+            "rows_checked": self.rows_checked,
+            "generated_at": self.generated_at.isoformat(),
+            "options": self.options,
+            "timings": self.timings,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from integrity.inventory import _write_parquet
+
+        path = Path(path)
+        _write_parquet(path, self.findings, self._meta())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReconciliationReport:
+        from integrity.inventory import _read_parquet
+
+        frame, meta = _read_parquet(Path(path))
+        meta["generated_at"] = datetime.fromisoformat(meta["generated_at"])
+        return cls(findings=frame, **meta)
+
+    def export(self, path: str | Path) -> Path:
+        """Write one line per finding: .csv or .jsonl, with the export columns."""
+        path = Path(path)
+        frame = self.findings[EXPORT_COLUMNS]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif path.suffix == ".jsonl":
+            with path.open("w", encoding="utf-8") as out:
+                for record in frame.astype("object").where(frame.notna(), None).to_dict("records"):
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            raise ValueError(f"{path.name}: the report file must end in .csv or .jsonl")
+        return path
+
+
+# --------------------------------------------------------------------------- the diff
+
+
+def _findings(**columns: Any) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    for column in FINDING_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame[FINDING_COLUMNS]
+
+
+def _template_regex(template: str, tail: str = "") -> str:
+    """A prefix template such as 'documents/{tenant}/' as a regex with named groups."""
+    pattern = "^"
+    for literal, name, _, _ in string.Formatter().parse(template):
+        pattern += re.escape(literal)
+        if name:
+            pattern += f"(?P<{name}>[^/]+)"
+    return pattern + tail
+
+
+class _ObjectIndex:
+    """Set membership over the listed keys, with the normalised spelling built on demand."""
+
+    def __init__(self, keys: pd.Series) -> None:
+        self.keys = keys
+        self._normal: pd.Series | None = None
+
+    def contains(self, values: pd.Series) -> pd.Series:
+        return values.isin(self.keys) & values.notna()
+
+    @property
+    def normal(self) -> pd.Series:
+        if self._normal is None:
+            norm = normalized(self.keys)
+            self._normal = pd.Series(self.keys.to_numpy(), index=norm.to_numpy()).groupby(level=0).first()
+        return self._normal
+
+    def normal_match(self, values: pd.Series) -> pd.Series:
+        """The listed key a value matches after normalisation (None where none does)."""
+        if values.empty:
+            return pd.Series([], dtype="object")
+        norm = normalized(values.fillna(""))
+        matched = self.normal.reindex(norm.to_numpy()).to_numpy()
+        return pd.Series(matched, index=values.index, dtype="object").where(values.notna(), None)
+
+
+def _missing_references(
+    db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str
+) -> list[pd.DataFrame]:
+    out: list[pd.DataFrame] = []
+    for name, t in spec.tables.items():
+        rows = db.tables.get(name)
+        if rows is None or rows.empty:
+            continue
+        live = ~rows["status"].isin(t.skip_statuses)
+        for ref in t.references:
+            mask = live & rows[ref.column].notna()
+            if ref.when_status is not None:
+                mask &= rows["status"].isin(ref.when_status)
+            sel = rows.loc[mask]
+            if sel.empty:
+                continue
+            parsed = resolve_references(sel[ref.column], bucket)
+            foreign = parsed["bucket"].notna() & (parsed["bucket"] != bucket)
+            unresolved = parsed["key"].isna()
+            found = index.contains(parsed["key"]) | index.contains(parsed["alternative"])
+            candidates = ~foreign & ~found & ~unresolved
+            base = {
+                "table": t.table,
+                "column": ref.column,
+            }
+
+            def emit(kind: str, where: pd.Series, detail: pd.Series | str, key: pd.Series) -> None:
+                if not where.any():
+                    return
+                part = sel.loc[where]
+                out.append(
+                    _findings(
+                        kind=kind,
+                        row_id=part["row_id"].to_numpy(),
+                        key=key.loc[where].to_numpy(),
+                        tenant=part["tenant"].to_numpy(),
+                        action=ACTIONS[kind],
+                        detail=detail.loc[where].to_numpy() if isinstance(detail, pd.Series) else detail,
+                        reference=part[ref.column].to_numpy(),
+                        status=part["status"].to_numpy(),
+                        updated_at=part["updated_at"].to_numpy(),
+                        **base,
+                    )
+                )
+
+            emit(
+                "foreign_reference",
+                foreign,
+                "references bucket " + parsed["bucket"].fillna("").astype("object") + f", not {bucket}",
+                parsed["key"],
+            )
+            if candidates.any():
+                primary = index.normal_match(parsed["key"].where(candidates))
+                secondary = index.normal_match(parsed["alternative"].where(candidates))
+                matched = primary.where(primary.notna(), secondary)
+                near = candidates & matched.notna()
+                emit(
+                    "normalization_mismatch",
+                    near,
+                    "matches " + matched.fillna("").astype("object") + " only after Unicode/case normalisation",
+                    parsed["key"],
+                )
+                emit(ref.kind, candidates & ~near, ref.error_message, parsed["key"])
+    return out
+
+
+def _processed_keys(db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str) -> pd.Series:
+    """Every listed key that some processed-table row names, in any spelling (status ignored)."""
+    uploads = spec.uploads
+    assert uploads is not None
+    rows = db.tables.get(uploads.processed_table)
+    if rows is None or rows.empty:
+        return pd.Series([], dtype="object")
+    parsed = resolve_references(rows[uploads.processed_column], bucket)
+    ours = parsed.loc[parsed["bucket"].isna() | (parsed["bucket"] == bucket)]
+    spellings = pd.concat([ours["key"], ours["alternative"]]).dropna()
+    direct = spellings[index.contains(spellings)]
+    near = index.normal_match(spellings[~index.contains(spellings)]).dropna()
+    return pd.concat([direct, near]).astype("object")
+
+
+def _unprocessed_uploads(
+    storage: StorageInventory,
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    index: _ObjectIndex,
+    options: DiffOptions,
+    now: pd.Timestamp,
+) -> list[pd.DataFrame]:
+    uploads = spec.uploads
+    if uploads is None:
+        return []
+    head = uploads.prefix.split("{tenant}", 1)[0]
+    objects = storage.objects
+    keys = objects["key"]
+    in_uploads = keys.str.startswith(head) & ~keys.str.endswith("/")
+    if options.tenant is not None and options.tenant != ALL_TENANTS:
+        in_uploads &= keys.str.startswith(uploads.prefix.format(tenant=options.tenant))
+    candidates = objects.loc[in_uploads & ~keys.isin(_processed_keys(db, spec, index, storage.bucket))]
+    if candidates.empty:
+        return []
+    jobs = db.tables.get(JOBS)
+    if jobs is None or jobs.empty:
+        jobs = pd.DataFrame(columns=["key", "status", "started_at", "updated_at"])
+    jobs = jobs.drop_duplicates("key").rename(
+        columns={"status": "job_status", "started_at": "job_started_at", "updated_at": "job_updated_at"}
+    )
+    merged = candidates.merge(jobs, on="key", how="left", validate="one_to_one")
+    job_updated = pd.to_datetime(merged["job_updated_at"], utc=True)
+    last_seen = merged["last_modified"].where(
+        job_updated.isna() | (merged["last_modified"] >= job_updated), job_updated
+    )
+    tenant = merged["key"].str.extract(_template_regex(uploads.prefix))["tenant"]
+    jobs_spec = spec.jobs
+    requeue = jobs_spec.requeue_statuses if jobs_spec else []
+    processing = jobs_spec.processing_statuses if jobs_spec else []
+
+    is_orphan = (merged["job_status"].isna() | merged["job_status"].isin(requeue)) & (
+        now - last_seen > options.min_age
+    )
+    started = pd.to_datetime(merged["job_started_at"], utc=True)
+    started = started.where(started.notna(), job_updated)
+    is_stuck = merged["job_status"].isin(processing) & (now - started > options.stuck_after)
+
+    out = []
+    job_table = jobs_spec.table if jobs_spec else None
+    for kind, where, detail in (
+        (
+            "orphan_object",
+            is_orphan,
+            "no " + uploads.processed_table + " row; job " + merged["job_status"].fillna("absent").astype("object"),
+        ),
+        (
+            "stuck_job",
+            is_stuck,
+            "job processing since " + started.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("?").astype("object"),
+        ),
+    ):
+        if not where.any():
+            continue
+        part = merged.loc[where]
+        out.append(
+            _findings(
+                kind=kind,
+                table=job_table,
+                row_id=part["key"].to_numpy(),
+                key=part["key"].to_numpy(),
+                tenant=tenant.loc[where].to_numpy(),
+                action=ACTIONS[kind],
+                detail=detail.loc[where].to_numpy(),
+                status=part["job_status"].to_numpy(),
+                updated_at=part["job_updated_at"].to_numpy(),
+            )
+        )
+    return out
+
+
+def _progress_behind(storage: StorageInventory, db: DatabaseInventory, spec: ReconciliationSpec) -> list[pd.DataFrame]:
+    plans_spec = spec.plans
+    plans = db.tables.get(PLANS)
+    if plans_spec is None or plans is None or plans.empty:
+        return []
+    keys = storage.objects["key"]
+    descriptors = keys[keys.str.endswith(plans_spec.descriptor_suffix)]
+    groups = ["tenant", "project", "plan"] if "project" in plans.columns else ["tenant", "plan"]
+    found = descriptors.str.extract(_template_regex(plans_spec.sheets_prefix, ".+"))
+    counts = found.dropna().groupby(groups, sort=False).size().rename("expected").reset_index()
+    live = plans.loc[~plans["status"].isin(plans_spec.skip_statuses)].rename(columns={"row_id": "plan"})
+    merged = live.merge(counts, on=groups, how="left")
+    merged["expected"] = merged["expected"].fillna(0).astype("int64")
+    behind = merged.loc[merged["completed"] < merged["expected"]]
+    if behind.empty:
+        return []
+    prefix_of = plans_spec.sheets_prefix.format
+    detail = [
+        f"{plans_spec.completed} {c} < {e} descriptors in storage (of {t} pages)"
+        for c, e, t in zip(behind["completed"], behind["expected"], behind["total"])
+    ]
+    return [
+        _findings(
+            kind="progress_behind",
+            table=plans_spec.table,
+            row_id=behind["plan"].to_numpy(),
+            key=[
+                prefix_of(tenant=r.tenant, plan=r.plan, project=getattr(r, "project", ""))
+                for r in behind.itertuples(index=False)
+            ],
+            tenant=behind["tenant"].to_numpy(),
+            action=ACTIONS["progress_behind"],
+            detail=detail,
+            column=plans_spec.completed,
+            status=behind["status"].to_numpy(),
+            updated_at=behind["updated_at"].to_numpy(),
+            expected=behind["expected"].to_numpy(),
+        )
+    ]
+
+
+def diff_inventories(
+    storage: StorageInventory,
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    options: DiffOptions | None = None,
+) -> ReconciliationReport:
+    """Compare the two inventories and return every finding, sorted by kind, table and key."""
+    options = options or DiffOptions()
+    now = pd.Timestamp(options.now or datetime.now(timezone.utc))
+    if now.tzinfo is None:
+        now = now.tz_localize("UTC")
+    index = _ObjectIndex(storage.objects["key"])
+
+    parts = _unprocessed_uploads(storage, db, spec, index, options, now)
+    parts += _missing_references(db, spec, index, storage.bucket)
+    parts += _progress_behind(storage, db, spec)
+    parts = [p for p in parts if not p.empty]
+    findings = pd.concat(parts, ignore_index=True) if parts else _findings()
+
+    if options.status is not None:
+        findings = findings.loc[findings["status"] == options.status]
+    order = {kind: i for i, kind in enumerate(FINDING_KINDS)}
+    findings = (
+        findings.assign(_order=findings["kind"].map(order))
+        .sort_values(["_order", "table", "key", "row_id"], kind="stable", na_position="last")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+    findings["updated_at"] = pd.to_datetime(findings["updated_at"], utc=True)
+    findings["expected"] = findings["expected"].astype("Int64")
+    for column in ("kind", "table", "row_id", "key", "tenant", "action", "detail", "column", "reference", "status"):
+        findings[column] = findings[column].astype("object").where(findings[column].notna(), None)
+
+    reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]
+    return ReconciliationReport(
+        findings=findings,
+        complete=storage.complete and db.complete,
+        reasons=reasons,
+        bucket=storage.bucket,
+        scope=options.tenant or ALL_TENANTS,
+        objects_checked=len(storage.objects),
+        rows_checked=db.rows,
+        generated_at=now.to_pydatetime(),
+        options=options.to_dict(),
+        timings={"list_seconds": storage.seconds, "read_seconds": db.seconds},
+    )

@@ -1,0 +1,101 @@
+"""One reconciliation, end to end: preflight, list and read concurrently, diff.
+
+The CLI and benchmarks call this directly; the Dagster assets call its pieces one asset at a
+time so that each inventory is its own snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+
+from integrity.diff import DiffOptions, ReconciliationReport, diff_inventories
+from integrity.inventory import (
+    ALL_TENANTS,
+    DatabaseInventory,
+    ProgressCallback,
+    StorageInventory,
+    check_database,
+    covering_prefixes,
+    list_storage,
+    merge_storage,
+    read_database,
+    referenced_keys,
+)
+from integrity.spec import ReconciliationSpec
+from integrity.storage.base import ObjectStore
+
+
+def tenant_scope(tenant: str | None) -> str | None:
+    """None for the whole bucket, else the tenant."""
+    return None if tenant in (None, "", ALL_TENANTS) else tenant
+
+
+def storage_prefixes(spec: ReconciliationSpec, tenant: str | None) -> list[str] | None:
+    """The prefixes a tenant owns (None: the whole bucket)."""
+    tenant = tenant_scope(tenant)
+    return None if tenant is None else spec.tenant_prefixes(tenant)
+
+
+def list_referenced_outside(
+    store: ObjectStore,
+    inventory: StorageInventory,
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    *,
+    concurrency: int = 8,
+    on_progress: ProgressCallback | None = None,
+) -> StorageInventory:
+    """Add to a tenant's inventory the directories its rows reference outside its own prefixes."""
+    if "" in inventory.prefixes:
+        return inventory
+    extra = covering_prefixes(referenced_keys(db, spec, store.bucket), inventory.prefixes)
+    if not extra:
+        return inventory
+    return merge_storage(inventory, list_storage(store, extra, concurrency=concurrency, on_progress=on_progress))
+
+
+def build_storage_inventory(
+    store: ObjectStore,
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    tenant: str | None,
+    *,
+    concurrency: int = 8,
+    on_progress: ProgressCallback | None = None,
+) -> StorageInventory:
+    inventory = list_storage(store, storage_prefixes(spec, tenant), concurrency=concurrency, on_progress=on_progress)
+    return list_referenced_outside(store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress)
+
+
+def reconcile(
+    store: ObjectStore,
+    engine: sa.Engine,
+    spec: ReconciliationSpec,
+    options: DiffOptions | None = None,
+    *,
+    concurrency: int = 8,
+    on_progress: ProgressCallback | None = None,
+) -> ReconciliationReport:
+    """Preflight both sides, then list storage while the database is read, then diff."""
+    options = options or DiffOptions()
+    started = time.perf_counter()
+    store.check_access()
+    check_database(engine, spec)
+    tenant = tenant_scope(options.tenant)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db") as pool:
+        db_future = pool.submit(read_database, engine, spec, tenant=tenant, on_progress=on_progress)
+        inventory = list_storage(
+            store, storage_prefixes(spec, tenant), concurrency=concurrency, on_progress=on_progress
+        )
+        db = db_future.result()
+    inventory = list_referenced_outside(
+        store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
+    )
+    diff_started = time.perf_counter()
+    report = diff_inventories(inventory, db, spec, options)
+    report.timings["diff_seconds"] = time.perf_counter() - diff_started
+    report.timings["total_seconds"] = time.perf_counter() - started
+    return report

@@ -1,0 +1,113 @@
+"""A local directory standing in for a bucket: the embedded default for the demo and tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from integrity.errors import StorageError
+from integrity.storage.base import PAGE_SIZE, ListingPage, ObjectHead
+
+
+def _etag(stat: os.stat_result) -> str:
+    # Cheap and stable while the file is unchanged; hashing every file would dominate listing.
+    return f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+
+
+class LocalStorage:
+    """Keys are paths relative to the root, with '/' separators; the bucket is the root's name."""
+
+    def __init__(self, root: str | Path, bucket: str | None = None, page_size: int = PAGE_SIZE) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.bucket = bucket or self.root.name
+        self.page_size = page_size
+        self.requests = 0
+
+    @property
+    def description(self) -> str:
+        return f"directory {self.root}"
+
+    def check_access(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(f"storage directory {self.root} does not exist")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StorageError(f"storage directory {self.root} is not readable")
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+            raise StorageError(f"key {key[:200]!r} cannot be stored in a directory")
+        return self.root.joinpath(*parts)
+
+    def _walk(self, directory: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            key = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key + "/")
+            elif entry.is_file(follow_symlinks=False):
+                yield key, entry.stat(follow_symlinks=False)
+
+    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
+        self.check_access()
+        base_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        base = self.root.joinpath(*base_rel.strip("/").split("/")) if base_rel else self.root
+        page = ListingPage()
+        self.requests += 1
+        if delimiter == "/":
+            try:
+                entries = sorted(os.scandir(base), key=lambda e: e.name)
+            except FileNotFoundError:
+                entries = []
+            for entry in entries:
+                key = base_rel + entry.name
+                if not key.startswith(prefix):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    page.common_prefixes.append(key + "/")
+                elif entry.is_file(follow_symlinks=False):
+                    self._append(page, key, entry.stat(follow_symlinks=False))
+            yield page
+            return
+        for key, stat in self._walk(base, base_rel):
+            if not key.startswith(prefix):
+                continue
+            self._append(page, key, stat)
+            if len(page) >= self.page_size:
+                yield page
+                self.requests += 1
+                page = ListingPage()
+        yield page
+
+    @staticmethod
+    def _append(page: ListingPage, key: str, stat: os.stat_result) -> None:
+        page.keys.append(key)
+        page.sizes.append(stat.st_size)
+        page.etags.append(_etag(stat))
+        page.last_modified.append(datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
+
+    def head(self, key: str) -> ObjectHead | None:
+        self.requests += 1
+        try:
+            stat = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectHead(key, stat.st_size, _etag(stat), datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".integrity-tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"object {key[:200]!r} not found in {self.description}") from None

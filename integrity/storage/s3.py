@@ -1,0 +1,154 @@
+"""An S3-compatible bucket (AWS S3, MinIO, Cloudflare R2) through a boto3 client.
+
+The client comes from dagster-aws's S3Resource (see integrity.defs.resources and the CLI), so
+credentials follow the standard AWS chain and never pass through this module's messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from integrity.errors import StorageError
+from integrity.storage.base import PAGE_SIZE, ListingFailed, ListingPage, ObjectHead, with_retries
+
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in _RETRYABLE_CODES or status == 429 or status >= 500
+    return isinstance(
+        exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError)
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        return f"{err.get('Code', 'error')} (HTTP {status})"
+    return type(exc).__name__
+
+
+class S3Storage:
+    """A bucket listed with ListObjectsV2, 1,000 keys a page, following the truncated flag."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        page_size: int = PAGE_SIZE,
+        attempts: int = 5,
+        base_delay: float = 0.2,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise StorageError(f"--bucket: {bucket!r} is not a bucket name")
+        self.client = client
+        self.bucket = bucket
+        self.page_size = page_size
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.requests = 0
+
+    @property
+    def description(self) -> str:
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        return f"s3://{self.bucket}" + (f" at {endpoint}" if endpoint else "")
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        def once() -> Any:
+            self.requests += 1
+            return getattr(self.client, method)(**kwargs)
+
+        return with_retries(once, is_retryable, attempts=self.attempts, base_delay=self.base_delay)
+
+    def check_access(self) -> None:
+        try:
+            self._call("head_bucket", Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise StorageError(f"bucket {self.bucket!r} does not exist ({self.description})") from None
+            if status == 403:
+                raise StorageError(
+                    f"access to bucket {self.bucket!r} denied ({self.description}): check the credentials"
+                ) from None
+            raise StorageError(f"cannot reach bucket {self.bucket!r}: {_describe(exc)}") from None
+        except NoCredentialsError:
+            raise StorageError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or a profile"
+            ) from None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot reach {self.description}: {_describe(exc)}") from None
+
+    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.page_size}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        while True:
+            try:
+                response = self._call("list_objects_v2", **kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise ListingFailed(
+                    f"listing s3://{self.bucket}/{prefix} failed after {self.attempts} attempts: {_describe(exc)}"
+                ) from None
+            contents = response.get("Contents", ())
+            yield ListingPage(
+                keys=[o["Key"] for o in contents],
+                sizes=[o.get("Size", 0) for o in contents],
+                etags=[o.get("ETag", "") for o in contents],
+                last_modified=[o["LastModified"] for o in contents],
+                common_prefixes=[p["Prefix"] for p in response.get("CommonPrefixes", ())],
+            )
+            # Stop on the truncated flag, never on the page size: R2 may return short pages.
+            if not response.get("IsTruncated"):
+                return
+            token = response.get("NextContinuationToken")
+            if not token:
+                raise ListingFailed(
+                    f"listing s3://{self.bucket}/{prefix}: truncated page without a continuation token"
+                )
+            kwargs["ContinuationToken"] = token
+
+    def head(self, key: str) -> ObjectHead | None:
+        try:
+            response = self._call("head_object", Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise StorageError(f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}") from None
+        return ObjectHead(key, response["ContentLength"], response.get("ETag", ""), response["LastModified"])
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call("put_object", Bucket=self.bucket, Key=key, Body=data, **extra)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise StorageError(f"GET s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}") from None

@@ -1,0 +1,76 @@
+"""Real components for the tests: moto's S3/SQS server over HTTP, SQLite files, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from integrity.schema import create_reference_schema, drop_reference_schema
+
+POSTGRES_URL = os.environ.get("INTEGRITY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on a free loopback port; boto3 talks to it over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }.items():
+        os.environ[name] = value
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_client(moto_endpoint: str):
+    """A boto3 client made by dagster-aws's S3Resource, pointed at the moto server."""
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(endpoint_url=moto_endpoint, region_name="us-east-1", max_attempts=1).get_client()
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    """A fresh, empty bucket for each test."""
+    name = f"integrity-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'integrity.sqlite'}")
+    create_reference_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_engine() -> Iterator[sa.Engine]:
+    if not POSTGRES_URL:
+        pytest.skip("INTEGRITY_TEST_POSTGRES_URL is not set")
+    engine = sa.create_engine(POSTGRES_URL)
+    drop_reference_schema(engine)
+    create_reference_schema(engine)
+    yield engine
+    drop_reference_schema(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request) -> sa.Engine:
+    """The reference schema, empty, on SQLite and (when configured) on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_engine")
