@@ -1,0 +1,37 @@
+"""Where things are when nothing is configured: the embedded defaults, and the environment names.
+
+With no environment at all, `integrity demo`, `integrity reconcile` and `dagster dev` (all run
+from the project root) agree on one SQLite file and one storage directory under `.integrity/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_HOME = "INTEGRITY_HOME"
+ENV_DB_URL = "INTEGRITY_DB_URL"
+ENV_BUCKET = "INTEGRITY_BUCKET"
+ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"
+ENV_STORAGE_DIR = "INTEGRITY_STORAGE_DIR"
+ENV_SPEC = "INTEGRITY_SPEC"
+
+DEMO_BUCKET = "integrity-demo"
+
+
+def home() -> Path:
+    """The directory for the embedded defaults and snapshots ($INTEGRITY_HOME or ./.integrity)."""
+    return Path(os.environ.get(ENV_HOME) or Path.cwd() / ".integrity").expanduser().absolute()
+
+
+def default_db_url() -> str:
+    return os.environ.get(ENV_DB_URL) or f"sqlite:///{home() / 'demo.sqlite'}"
+
+
+def default_storage_dir() -> Path:
+    return Path(os.environ.get(ENV_STORAGE_DIR) or home() / "storage" / DEMO_BUCKET).expanduser().absolute()
+
+
+def snapshot_dir() -> Path:
+    """Where the assets keep their Parquet snapshots."""
+    return home() / "snapshots"
