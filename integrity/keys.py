@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import pandas as pd
 
 _VIRTUAL_HOSTED = (
@@ -76,27 +77,29 @@ def resolve_references(values: pd.Series, bucket: str) -> pd.DataFrame:
     and ``alternative``. Plain keys, the common case, take a vectorised fast path; only URLs and
     keys with ``%`` go through the parser.
     """
-    text = values.astype("object").where(values.notna(), None)
-    out = pd.DataFrame(
-        {"bucket": pd.Series(None, index=values.index, dtype="object"), "key": text, "alternative": None},
-        index=values.index,
+    text = values.astype("object").where(values.notna(), None).to_numpy(dtype=object)
+    buckets = np.full(len(text), None, dtype=object)
+    keys = text.copy()
+    alternatives = np.full(len(text), None, dtype=object)
+    if len(values):
+        as_str = values.astype("str")
+        simple = (
+            values.notna()
+            & ~as_str.str.contains("://", regex=False)
+            & ~as_str.str.contains("%", regex=False)
+            & ~as_str.str.startswith("/")
+            & (as_str.str.strip() == as_str)
+            & (as_str != "")
+        ).to_numpy(dtype=bool)
+        for pos in np.flatnonzero(~simple):
+            parsed = parse_reference(text[pos], bucket)
+            if parsed is None:
+                keys[pos] = None
+            else:
+                buckets[pos], keys[pos], alternatives[pos] = parsed.bucket, parsed.key, parsed.alternative
+    return pd.DataFrame(
+        {"bucket": buckets, "key": keys, "alternative": alternatives}, index=values.index, dtype=object
     )
-    as_str = values.astype("str") if len(values) else values
-    simple = (
-        values.notna()
-        & ~as_str.str.contains("://", regex=False)
-        & ~as_str.str.contains("%", regex=False)
-        & ~as_str.str.startswith("/")
-        & (as_str.str.strip() == as_str)
-        & (as_str != "")
-    )
-    rest = out.index[~simple.to_numpy(dtype=bool)]
-    if len(rest):
-        parsed = [parse_reference(v, bucket) for v in text.loc[rest]]
-        out.loc[rest, "bucket"] = [p.bucket if p else None for p in parsed]
-        out.loc[rest, "key"] = [p.key if p else None for p in parsed]
-        out.loc[rest, "alternative"] = [p.alternative if p else None for p in parsed]
-    return out
 
 
 def normalized(keys: pd.Series) -> pd.Series:
