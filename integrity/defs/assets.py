@@ -1,0 +1,234 @@
+"""The reconciliation graph: both inventories and their diff, one snapshot per tenant partition.
+
+Each asset is a thin call into the core (no Dagster there): this module only turns partition
+keys into tenant scopes, records metadata the UI can plot, and turns the core's one-line
+IntegrityError into a step failure with that line.
+"""
+
+# No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
+# annotation as an object (a string annotation fails with "Cannot annotate `context`").
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from pydantic import Field
+
+from integrity.defs.partitions import tenant_partitions
+from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
+from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, diff_inventories
+from integrity.errors import IntegrityError
+from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
+from integrity.reconcile import build_storage_inventory, tenant_scope
+
+GROUP = "reconciliation"
+SNAPSHOT_IO_MANAGER = "snapshot_io_manager"
+EXAMPLES_SHOWN = 20
+_EXAMPLE_TEXT_LIMIT = 300
+
+
+class ReportConfig(dg.Config):
+    """What counts as drift for one run (the CLI's --min-age, --stuck-after and --status)."""
+
+    min_age: int = Field(
+        default=3600,
+        ge=0,
+        description="Seconds: an upload or job younger than this may still be in flight, so it is never an orphan.",
+    )
+    stuck_after: int = Field(
+        default=86400,
+        ge=0,
+        description="Seconds: a job processing for longer than this is stuck.",
+    )
+    status: str | None = Field(
+        default=None, description="Only report findings whose row or job is in this status."
+    )
+
+
+@contextmanager
+def fail_clearly() -> Iterator[None]:
+    """Turn a fatal core error (missing bucket, unreachable DB, bad spec) into its one line."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
+def _completeness(complete: bool, reasons: list[str]) -> dict[str, dg.MetadataValue]:
+    return {
+        "complete": dg.MetadataValue.bool(complete),
+        "reasons": dg.MetadataValue.text("; ".join(reasons) if reasons else "none"),
+    }
+
+
+def _warn_if_incomplete(context: AssetExecutionContext, what: str, reasons: list[str]) -> None:
+    if reasons:
+        context.log.warning(
+            f"{what} is incomplete; its report will be marked incomplete and never acted on: "
+            + "; ".join(reasons)
+        )
+
+
+def _clip(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= _EXAMPLE_TEXT_LIMIT else text[: _EXAMPLE_TEXT_LIMIT - 1] + "…"
+
+
+def examples_table(
+    report: ReconciliationReport, limit: int = EXAMPLES_SHOWN
+) -> dg.TableMetadataValue:
+    """A few findings of each kind for a person to look at; the full list is the snapshot."""
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("kind", "string"),
+            dg.TableColumn("key", "string"),
+            dg.TableColumn("row_id", "string"),
+            dg.TableColumn("detail", "string"),
+        ]
+    )
+    records = [
+        dg.TableRecord(
+            {name: _clip(example.get(name)) for name in ("kind", "key", "row_id", "detail")}
+        )
+        for example in report.examples(limit)
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=tenant_partitions,
+    kinds={"sql", "parquet"},
+    io_manager_key=SNAPSHOT_IO_MANAGER,
+)
+def db_inventory(
+    context: AssetExecutionContext, database: DatabaseResource, spec: SpecResource
+) -> DatabaseInventory:
+    """The database side: every row the spec names for the tenant, read with one streamed SELECT per table.
+
+    Read first because a tenant's rows may reference objects outside the tenant's own prefixes,
+    and the storage listing needs to know where.
+    """
+    tenant = tenant_scope(context.partition_key)
+    with fail_clearly():
+        reconciliation_spec = spec.load()
+        with database.engine() as engine:
+            check_database(engine, reconciliation_spec)
+            inventory = read_database(engine, reconciliation_spec, tenant=tenant)
+    context.log.info(f"read {inventory.rows} rows from {database.description}")
+    _warn_if_incomplete(context, "the database inventory", inventory.errors)
+    context.add_output_metadata(
+        {
+            "rows_read": dg.MetadataValue.int(inventory.rows),
+            **{
+                f"rows/{name}": dg.MetadataValue.int(len(frame))
+                for name, frame in inventory.tables.items()
+            },
+            "seconds": dg.MetadataValue.float(inventory.seconds),
+            **_completeness(inventory.complete, inventory.errors),
+        }
+    )
+    return inventory
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=tenant_partitions,
+    kinds={"s3", "parquet"},
+    io_manager_key=SNAPSHOT_IO_MANAGER,
+)
+def storage_inventory(
+    context: AssetExecutionContext,
+    db_inventory: DatabaseInventory,
+    storage: StorageResource,
+    spec: SpecResource,
+) -> StorageInventory:
+    """The storage side: every object under the tenant's prefixes and the directories its rows point into.
+
+    Listed in bulk (1,000 keys a page, prefixes concurrently) instead of one HEAD per row; a
+    page that fails after its retries marks the inventory incomplete rather than short.
+    """
+    tenant = tenant_scope(context.partition_key)
+    with fail_clearly():
+        reconciliation_spec = spec.load()
+        store = storage.get_store()
+        store.check_access()
+        inventory = build_storage_inventory(store, db_inventory, reconciliation_spec, tenant)
+    context.log.info(
+        f"listed {len(inventory.objects)} objects in {store.description} with {inventory.requests} requests"
+    )
+    _warn_if_incomplete(context, "the storage inventory", inventory.errors)
+    context.add_output_metadata(
+        {
+            "objects_listed": dg.MetadataValue.int(len(inventory.objects)),
+            "requests": dg.MetadataValue.int(inventory.requests),
+            "seconds": dg.MetadataValue.float(inventory.seconds),
+            "prefixes": dg.MetadataValue.int(len(inventory.prefixes)),
+            **_completeness(inventory.complete, inventory.errors),
+        }
+    )
+    return inventory
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=tenant_partitions,
+    kinds={"pandas", "parquet"},
+    io_manager_key=SNAPSHOT_IO_MANAGER,
+)
+def reconciliation_report(
+    context: AssetExecutionContext,
+    config: ReportConfig,
+    storage_inventory: StorageInventory,
+    db_inventory: DatabaseInventory,
+    spec: SpecResource,
+) -> ReconciliationReport:
+    """The drift between storage and database: every finding, by stable kind, from vectorised joins.
+
+    A report built from an incomplete inventory is still written, marked incomplete with the
+    reasons, so people can see it while remediation refuses to act on it.
+    """
+    options = DiffOptions(
+        min_age=timedelta(seconds=config.min_age),
+        stuck_after=timedelta(seconds=config.stuck_after),
+        tenant=tenant_scope(context.partition_key),
+        status=config.status,
+    )
+    with fail_clearly():
+        reconciliation_spec = spec.load()
+    started = time.perf_counter()
+    report = diff_inventories(storage_inventory, db_inventory, reconciliation_spec, options)
+    diff_seconds = time.perf_counter() - started
+    report.timings["diff_seconds"] = diff_seconds
+    report.timings["total_seconds"] = (
+        storage_inventory.seconds + db_inventory.seconds + diff_seconds
+    )
+
+    counts = report.counts()
+    context.log.info(
+        f"{'complete' if report.complete else 'INCOMPLETE'} report for {report.scope}: "
+        + ", ".join(f"{kind} {n}" for kind, n in counts.items())
+    )
+    _warn_if_incomplete(context, "the report", report.reasons)
+    context.add_output_metadata(
+        {
+            **{f"findings/{kind}": dg.MetadataValue.int(counts[kind]) for kind in FINDING_KINDS},
+            "findings/total": dg.MetadataValue.int(len(report.findings)),
+            "objects_listed": dg.MetadataValue.int(report.objects_checked),
+            "rows_read": dg.MetadataValue.int(report.rows_checked),
+            "requests": dg.MetadataValue.int(storage_inventory.requests),
+            "seconds": dg.MetadataValue.float(report.timings["total_seconds"]),
+            "diff_seconds": dg.MetadataValue.float(diff_seconds),
+            **_completeness(report.complete, report.reasons),
+            "examples": examples_table(report),
+        }
+    )
+    return report
+
+
+reconciliation_assets = [db_inventory, storage_inventory, reconciliation_report]

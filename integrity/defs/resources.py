@@ -1,0 +1,139 @@
+"""Resources: where the bucket, the database and the spec are, chosen by the environment.
+
+With no environment the embedded defaults apply (the demo's SQLite file and storage directory
+under `.integrity/`); INTEGRITY_BUCKET switches storage to S3 through dagster-aws's S3Resource,
+INTEGRITY_DB_URL picks another database and INTEGRITY_SPEC another spec. Nothing here touches
+the network when the definitions load: stores and engines are made when a step or tick asks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from integrity import settings
+from integrity.errors import DatabaseError
+from integrity.inventory import safe_url
+from integrity.spec import ReconciliationSpec, load_spec
+from integrity.storage import LocalStorage, S3Storage
+from integrity.storage.base import ObjectStore
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The bucket to reconcile: S3-compatible when `bucket` is set, else a local directory.
+
+    Credentials are never fields here: boto3 finds them in the standard AWS environment or
+    config files, so they stay out of run config, logs and metadata.
+    """
+
+    bucket: str | None = Field(
+        default=None, description="S3 bucket name; unset means the local storage directory."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2); unset means AWS S3."
+    )
+    region_name: str | None = Field(
+        default=None, description="Region ('auto' for R2); unset means the AWS default chain."
+    )
+    max_attempts: int = Field(default=5, description="boto3 attempts per request.")
+    storage_dir: str | None = Field(
+        default=None,
+        description="Local directory standing in for a bucket; unset means the embedded default.",
+    )
+
+    def get_store(self) -> ObjectStore:
+        if self.bucket:
+            client = S3Resource(
+                endpoint_url=self.endpoint_url,
+                region_name=self.region_name,
+                max_attempts=self.max_attempts,
+            ).get_client()
+            return S3Storage(client, self.bucket)
+        root = Path(self.storage_dir) if self.storage_dir else settings.default_storage_dir()
+        return LocalStorage(root)
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """The SQL database whose rows reference objects (a SQLAlchemy URL)."""
+
+    url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means the embedded demo SQLite file."
+    )
+
+    @property
+    def resolved_url(self) -> str:
+        return self.url or settings.default_db_url()
+
+    @property
+    def description(self) -> str:
+        """The URL with its password hidden."""
+        return safe_url(self.resolved_url)
+
+    @contextmanager
+    def engine(self) -> Iterator[sa.Engine]:
+        """An engine for one step or tick, disposed afterwards.
+
+        A SQLite file that does not exist is an error rather than a new empty database, so a
+        mistyped path is reported instead of silently reconciling against nothing.
+        """
+        try:
+            url = sa.make_url(self.resolved_url)
+        except sa.exc.ArgumentError:
+            raise DatabaseError(
+                "the database URL cannot be parsed: check INTEGRITY_DB_URL"
+            ) from None
+        is_sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        if is_sqlite_file and not Path(url.database).is_file():
+            raise DatabaseError(
+                f"SQLite database {url.database} does not exist: run `integrity demo` "
+                "or set INTEGRITY_DB_URL"
+            )
+        try:
+            engine = sa.create_engine(url)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise DatabaseError(f"cannot open database {self.description}: {exc}") from None
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+class SpecResource(dg.ConfigurableResource):
+    """The reconciliation spec: a YAML/JSON file, or the reference schema's spec."""
+
+    path: str | None = Field(
+        default=None, description="Spec file; unset means the reference schema's spec."
+    )
+
+    def load(self) -> ReconciliationSpec:
+        return load_spec(self.path)
+
+
+def _from_env(name: str) -> dg.EnvVar | None:
+    """EnvVar when the variable is set (resolved at run time, shown as such in the UI), else None."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The resources as the environment describes them; no I/O happens here."""
+    return {
+        "storage": StorageResource(
+            bucket=_from_env(settings.ENV_BUCKET),
+            endpoint_url=_from_env(settings.ENV_ENDPOINT_URL),
+            region_name=_from_env("AWS_REGION") or _from_env("AWS_DEFAULT_REGION"),
+            storage_dir=_from_env(settings.ENV_STORAGE_DIR),
+        ),
+        "database": DatabaseResource(url=_from_env(settings.ENV_DB_URL)),
+        "spec": SpecResource(path=_from_env(settings.ENV_SPEC)),
+    }
