@@ -283,9 +283,12 @@ def run_reconciliation(
             display.close()
 
 
-def _short(text: object, width: int) -> str:
+def _short(text: object, width: int, *, tail: bool = False) -> str:
+    """Trim to width; keys keep their tail (the file name says more than the prefix)."""
     value = "" if text is None else str(text)
-    return value if len(value) <= width else value[: width - 1] + "…"
+    if len(value) <= width:
+        return value
+    return "…" + value[-(width - 1) :] if tail else value[: width - 1] + "…"
 
 
 def format_summary(
@@ -330,7 +333,7 @@ def format_summary(
             what = ex["key"] or ex["row_id"] or ""
             row = f" [{ex['row_id']}]" if ex["row_id"] and ex["row_id"] != ex["key"] else ""
             lines.append(
-                f"  {ex['kind']:<{width}}  {_short(what, 70)}{row}  {_short(ex['detail'], 80)}"
+                f"  {ex['kind']:<{width}}  {_short(what, 60, tail=True)}{row}  {_short(ex['detail'], 70)}"
             )
     lines.append("")
     if report.complete:
@@ -500,7 +503,7 @@ def _describe(exc: Exception) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return f"unexpected {type(exc).__name__}: {first}"
+    return f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
 
 
 if __name__ == "__main__":
