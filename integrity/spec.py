@@ -210,9 +210,11 @@ def default_spec() -> ReconciliationSpec:
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt field shows up twice (unknown here, missing there): name the misspelling first.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{source}: {where}: {message}{more}"
 

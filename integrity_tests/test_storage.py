@@ -1,0 +1,124 @@
+"""Listing behaviour against real stores: pagination, short pages, retries, incomplete listings."""
+
+from __future__ import annotations
+
+import pytest
+
+from integrity.errors import StorageError
+from integrity.inventory import covering_prefixes, list_storage, minimal_prefixes
+from integrity.storage import LocalStorage, S3Storage
+from integrity_tests.flaky_proxy import FlakyProxy
+
+
+def _seed(client, bucket: str, keys: list[str]) -> None:
+    """Write straight into moto's in-process backend (PUT over HTTP is slow); listing stays HTTP."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for key in keys:
+        backend.put_object(bucket, key, b"x")
+
+
+def _client(endpoint: str):
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(endpoint_url=endpoint, region_name="us-east-1", max_attempts=1).get_client()
+
+
+def test_listing_follows_continuation_across_pages(s3_client, bucket) -> None:
+    keys = [f"documents/org-{i % 3}/{i:05d}.pdf" for i in range(2_345)] + ["root.txt"]
+    _seed(s3_client, bucket, keys)
+    store = S3Storage(s3_client, bucket)
+
+    inventory = list_storage(store)
+
+    assert inventory.complete
+    assert sorted(inventory.objects["key"]) == sorted(keys)
+    assert list(inventory.objects.columns) == ["key", "size", "etag", "last_modified"]
+    assert str(inventory.objects["last_modified"].dtype) == "datetime64[us, UTC]"
+    assert (inventory.objects["size"] == 1).all()
+    # one delimiter listing, then documents/ in 3 pages of 1,000 and root.txt in one
+    assert inventory.requests == 5
+
+
+def test_short_pages_do_not_end_the_listing(moto_endpoint, s3_client, bucket) -> None:
+    keys = [f"documents/org-1/{i:03d}.pdf" for i in range(50)]
+    _seed(s3_client, bucket, keys)
+    with FlakyProxy(moto_endpoint) as proxy:
+        proxy.max_keys = 7  # the store answers fewer keys than asked, with IsTruncated set
+        inventory = list_storage(S3Storage(_client(proxy.endpoint), bucket), ["documents/"])
+    assert inventory.complete
+    assert sorted(inventory.objects["key"]) == keys
+    assert proxy.lists_served == 8
+
+
+def test_throttled_pages_are_retried_with_backoff(moto_endpoint, s3_client, bucket) -> None:
+    keys = [f"documents/org-1/{i:04d}.pdf" for i in range(1_500)]
+    _seed(s3_client, bucket, keys)
+    with FlakyProxy(moto_endpoint) as proxy:
+        proxy.fail_next_lists = 3
+        store = S3Storage(_client(proxy.endpoint), bucket, attempts=5, base_delay=0.01)
+        inventory = list_storage(store, ["documents/"])
+    assert inventory.complete
+    assert len(inventory.objects) == 1_500
+    assert proxy.lists_failed == 3
+
+
+def test_a_page_failing_after_its_retries_makes_the_inventory_incomplete(moto_endpoint, s3_client, bucket) -> None:
+    _seed(s3_client, bucket, [f"documents/org-1/{i:04d}.pdf" for i in range(2_500)])
+    with FlakyProxy(moto_endpoint) as proxy:
+        proxy.fail_lists_after = 1  # the first page succeeds, every later one is throttled for good
+        store = S3Storage(_client(proxy.endpoint), bucket, attempts=3, base_delay=0.01)
+        inventory = list_storage(store, ["documents/"])
+    assert not inventory.complete
+    assert len(inventory.objects) == 1_000
+    assert inventory.errors and "SlowDown" in inventory.errors[0] and "after 3 attempts" in inventory.errors[0]
+
+
+def test_missing_bucket_is_one_clear_error(s3_client) -> None:
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist"):
+        S3Storage(s3_client, "no-such-bucket").check_access()
+
+
+def test_unreachable_endpoint_is_one_clear_error() -> None:
+    store = S3Storage(_client("http://127.0.0.1:1"), "media", attempts=1)
+    with pytest.raises(StorageError, match="cannot reach"):
+        store.check_access()
+
+
+def test_missing_storage_directory_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        LocalStorage(tmp_path / "nowhere").check_access()
+
+
+def test_local_listing_pages_and_prefixes(tmp_path) -> None:
+    store = LocalStorage(tmp_path / "media", page_size=10)
+    (tmp_path / "media").mkdir()
+    keys = [f"documents/org-{i % 2}/{i:03d}.pdf" for i in range(25)] + ["documents-extra/x.pdf", "top.txt"]
+    for key in keys:
+        store.put_bytes(key, b"abc")
+    assert sorted(list_storage(store).objects["key"]) == sorted(keys)
+    assert sorted(list_storage(store, ["documents/org-1/"]).objects["key"]) == sorted(
+        k for k in keys if k.startswith("documents/org-1/")
+    )
+    pages = list(store.list_pages("documents/"))
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert store.bucket == "media"
+
+
+def test_local_storage_refuses_keys_that_escape_the_root(tmp_path) -> None:
+    store = LocalStorage(tmp_path)
+    with pytest.raises(StorageError):
+        store.put_bytes("../outside.txt", b"x")
+
+
+def test_minimal_and_covering_prefixes() -> None:
+    assert minimal_prefixes(["a/", "a/b/", "b/", "a/"]) == ["a/", "b/"]
+    assert covering_prefixes(["documents/org-1/x", "img/p/1.jpg", "img/p/2.jpg", "top.jpg"], ["documents/org-1/"]) == [
+        "img/p/",
+        "top.jpg",
+    ]
+    many = [f"img/{i}/{j}.jpg" for i in range(100) for j in range(2)]
+    assert covering_prefixes(many, [], max_prefixes=64) == ["img/"]
+    assert covering_prefixes([f"{i}.jpg" for i in range(100)], [], max_prefixes=64) == [""]
