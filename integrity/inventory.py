@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from integrity.errors import DatabaseError, SpecError, StorageError
 from integrity.keys import like_escape, resolve_references
 from integrity.spec import ReconciliationSpec
-from integrity.storage.base import ListingFailed, ObjectStore
+from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
 
 ProgressCallback = Callable[[str, int], None]
 """Called with ("objects", n) after each listing page and ("rows", n) after each read chunk."""
@@ -123,14 +123,28 @@ def minimal_prefixes(prefixes: Iterable[str]) -> list[str]:
     return kept
 
 
-def bucket_prefixes(store: ObjectStore) -> tuple[list[str], list[str]]:
-    """Split the whole bucket for concurrent listing: its top-level prefixes and root-level keys."""
+def _batch(page: ListingPage) -> pa.RecordBatch:
+    return pa.record_batch(
+        [
+            pa.array(page.keys, pa.string()),
+            pa.array(page.sizes, pa.int64()),
+            pa.array(page.etags, pa.string()),
+            pa.array(page.last_modified, pa.timestamp("us", tz="UTC")),
+        ],
+        schema=_OBJECT_SCHEMA,
+    )
+
+
+def _split_bucket(store: ObjectStore) -> tuple[list[str], list[pa.RecordBatch]]:
+    """One delimiter listing of the bucket's root: its top-level prefixes, to list concurrently,
+    and the root-level objects themselves, already in columns."""
     prefixes: list[str] = []
-    root_keys: list[str] = []
+    root: list[pa.RecordBatch] = []
     for page in store.list_pages("", delimiter="/"):
         prefixes.extend(page.common_prefixes)
-        root_keys.extend(page.keys)
-    return prefixes, root_keys
+        if page.keys:
+            root.append(_batch(page))
+    return prefixes, root
 
 
 def list_storage(
@@ -149,11 +163,9 @@ def list_storage(
 
     if prefixes is None:
         try:
-            top, root_keys = bucket_prefixes(store)
+            work, chunks = _split_bucket(store)
         except (ListingFailed, StorageError) as exc:
-            top, root_keys, errors = [""], [], [str(exc)]
-        # Root-level keys are listed by their own name; a key is its own narrowest prefix.
-        work = minimal_prefixes(top + root_keys) if not errors else []
+            work, errors = [], [str(exc)]
         listed_prefixes = [""]
     else:
         work = minimal_prefixes(prefixes)
@@ -164,15 +176,7 @@ def list_storage(
             for page in store.list_pages(prefix):
                 if not page.keys:
                     continue
-                batch = pa.record_batch(
-                    [
-                        pa.array(page.keys, pa.string()),
-                        pa.array(page.sizes, pa.int64()),
-                        pa.array(page.etags, pa.string()),
-                        pa.array(page.last_modified, pa.timestamp("us", tz="UTC")),
-                    ],
-                    schema=_OBJECT_SCHEMA,
-                )
+                batch = _batch(page)
                 with lock:
                     chunks.append(batch)
                 if on_progress is not None:

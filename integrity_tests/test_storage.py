@@ -38,8 +38,8 @@ def test_listing_follows_continuation_across_pages(s3_client, bucket) -> None:
     assert list(inventory.objects.columns) == ["key", "size", "etag", "last_modified"]
     assert str(inventory.objects["last_modified"].dtype) == "datetime64[us, UTC]"
     assert (inventory.objects["size"] == 1).all()
-    # one delimiter listing, then documents/ in 3 pages of 1,000 and root.txt in one
-    assert inventory.requests == 5
+    # one delimiter listing (which also yields root.txt), then documents/ in 3 pages of 1,000
+    assert inventory.requests == 4
 
 
 def test_short_pages_do_not_end_the_listing(moto_endpoint, s3_client, bucket) -> None:
@@ -122,3 +122,11 @@ def test_minimal_and_covering_prefixes() -> None:
     many = [f"img/{i}/{j}.jpg" for i in range(100) for j in range(2)]
     assert covering_prefixes(many, [], max_prefixes=64) == ["img/"]
     assert covering_prefixes([f"{i}.jpg" for i in range(100)], [], max_prefixes=64) == [""]
+
+
+def test_root_level_objects_cost_no_request_each(s3_client, bucket) -> None:
+    keys = [f"loose-{i:05d}.jpg" for i in range(2_100)] + ["images/a.jpg"]
+    _seed(s3_client, bucket, keys)
+    inventory = list_storage(S3Storage(s3_client, bucket))
+    assert sorted(inventory.objects["key"]) == sorted(keys)
+    assert inventory.requests == 4  # three delimiter pages of the root, one page of images/
