@@ -43,6 +43,11 @@ class StorageResource(dg.ConfigurableResource):
         default=None, description="Region ('auto' for R2); unset means the AWS default chain."
     )
     max_attempts: int = Field(default=5, description="boto3 attempts per request.")
+    listing_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts per listing page (with backoff) before the inventory is marked incomplete.",
+    )
     storage_dir: str | None = Field(
         default=None,
         description="Local directory standing in for a bucket; unset means the embedded default.",
@@ -55,7 +60,7 @@ class StorageResource(dg.ConfigurableResource):
                 region_name=self.region_name,
                 max_attempts=self.max_attempts,
             ).get_client()
-            return S3Storage(client, self.bucket)
+            return S3Storage(client, self.bucket, attempts=self.listing_attempts)
         root = Path(self.storage_dir) if self.storage_dir else settings.default_storage_dir()
         return LocalStorage(root)
 

@@ -1,0 +1,137 @@
+"""The code location loads through workspace.yaml, offline, and its names are pinned.
+
+A rename of an asset, job, schedule or sensor breaks saved UI links, run history and later
+issues' checks: these tests make it a deliberate act.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from integrity import settings
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.resources import DatabaseResource, resources_from_env
+from integrity.storage import LocalStorage, S3Storage
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = {
+    "db_inventory": ({"sql", "parquet"}, set()),
+    "storage_inventory": ({"s3", "parquet"}, {"db_inventory"}),
+    "reconciliation_report": ({"pandas", "parquet"}, {"db_inventory", "storage_inventory"}),
+}
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from integrity.definitions import defs as loaded
+
+    return loaded
+
+
+def _clean_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("INTEGRITY_", "DAGSTER_")) and k != settings.ENV_ENDPOINT_URL
+    }
+
+
+def test_workspace_loads_offline_with_s3_configured(tmp_path: Path) -> None:
+    """`dagster definitions validate` through workspace.yaml, with S3 at an unreachable endpoint.
+
+    Loading must not touch the network, so an endpoint nobody listens on still validates.
+    """
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    env = {
+        **_clean_env(),
+        "DAGSTER_HOME": str(home),
+        "INTEGRITY_HOME": str(tmp_path / "integrity_home"),
+        settings.ENV_BUCKET: "some-bucket",
+        settings.ENV_ENDPOINT_URL: "http://127.0.0.1:9",
+    }
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Validation successful for code location integrity" in done.stdout + done.stderr
+    assert not (tmp_path / "integrity_home").exists(), "loading created files"
+
+
+def test_asset_keys_group_kinds_and_lineage_are_pinned(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(ASSETS)
+    for name, (kinds, parents) in ASSETS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == "reconciliation"
+        assert node.kinds == kinds
+        assert {p.to_user_string() for p in node.parent_keys} == parents
+        assert node.description and len(node.description) > 40
+        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
+        assert node.partitions_def.name == "tenants"
+
+
+def test_job_schedule_and_sensor_are_pinned(defs: dg.Definitions) -> None:
+    job = defs.resolve_job_def("reconcile")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(ASSETS)
+    assert job.partitions_def is not None and job.partitions_def.name == "tenants"
+
+    schedule = defs.resolve_schedule_def("daily_reconciliation")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "reconcile"
+
+    sensor = defs.resolve_sensor_def("tenant_discovery_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert 30 <= sensor.minimum_interval_seconds <= 600
+
+
+def test_resources_default_to_the_embedded_demo(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in (
+        settings.ENV_BUCKET,
+        settings.ENV_DB_URL,
+        settings.ENV_STORAGE_DIR,
+        settings.ENV_SPEC,
+        settings.ENV_ENDPOINT_URL,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(settings.ENV_HOME, str(tmp_path))
+    with dg.build_resources(resources_from_env()) as resources:
+        store = resources.storage.get_store()
+        assert isinstance(store, LocalStorage)
+        assert store.root == tmp_path / "storage" / "integrity-demo"
+        assert store.bucket == "integrity-demo"
+        assert resources.database.resolved_url == f"sqlite:///{tmp_path / 'demo.sqlite'}"
+        assert resources.spec.load().tables.keys() == {"documents", "images"}
+    assert ParquetSnapshotIOManager()._root() == tmp_path / "snapshots"
+
+
+def test_environment_switches_to_s3_and_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(settings.ENV_BUCKET, "media")
+    monkeypatch.setenv(settings.ENV_ENDPOINT_URL, "http://127.0.0.1:9")
+    monkeypatch.setenv(settings.ENV_DB_URL, "postgresql+psycopg://app:hunter2@db.example/app")
+    configured = resources_from_env()
+    # EnvVar, not the value: the UI shows the variable's name, never a secret.
+    assert isinstance(configured["database"], DatabaseResource)
+    assert "hunter2" not in repr(configured["database"])
+    with dg.build_resources(configured) as resources:
+        store = resources.storage.get_store()  # builds a client; sends nothing
+        assert isinstance(store, S3Storage)
+        assert store.bucket == "media"
+        assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+        assert resources.database.description == "postgresql+psycopg://app:***@db.example/app"
