@@ -366,16 +366,19 @@ def _emit(
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    """Validate every input first, then reconcile once and report."""
-    from integrity.diff import DiffOptions
-    from integrity.inventory import safe_url
-    from integrity.spec import load_spec
-
+    """Validate every input first (the cheap checks before the heavy imports), then reconcile."""
     min_age = parse_duration(args.min_age, option="--min-age")
     stuck_after = parse_duration(args.stuck_after, option="--stuck-after")
     if args.concurrency < 1:
         raise UsageError(f"--concurrency: must be at least 1, not {args.concurrency}")
     report_path = _check_report_path(args.report)
+    if args.bucket and args.storage_dir:
+        raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
+
+    from integrity.diff import DiffOptions
+    from integrity.inventory import safe_url
+    from integrity.spec import load_spec
+
     spec = load_spec(args.spec or _env(settings.ENV_SPEC))
     db_url = args.db_url or settings.default_db_url()
     store = resolve_store(args)
