@@ -200,7 +200,9 @@ class _ObjectIndex:
     def normal(self) -> pd.Series:
         if self._normal is None:
             norm = normalized(self.keys)
-            self._normal = pd.Series(self.keys.to_numpy(), index=norm.to_numpy()).groupby(level=0).first()
+            self._normal = (
+                pd.Series(self.keys.to_numpy(), index=norm.to_numpy()).groupby(level=0).first()
+            )
         return self._normal
 
     def normal_match(self, values: pd.Series) -> pd.Series:
@@ -210,6 +212,38 @@ class _ObjectIndex:
         norm = normalized(values.fillna(""))
         matched = self.normal.reindex(norm.to_numpy()).to_numpy()
         return pd.Series(matched, index=values.index, dtype="object").where(values.notna(), None)
+
+
+@dataclass
+class _RowEmitter:
+    """Appends findings about rows of one table's reference column."""
+
+    out: list[pd.DataFrame]
+    rows: pd.DataFrame
+    table: str
+    column: str
+
+    def __call__(
+        self, kind: str, where: pd.Series, detail: pd.Series | str, key: pd.Series
+    ) -> None:
+        if not where.any():
+            return
+        part = self.rows.loc[where]
+        self.out.append(
+            _findings(
+                kind=kind,
+                table=self.table,
+                column=self.column,
+                row_id=part["row_id"].to_numpy(),
+                key=key.loc[where].to_numpy(),
+                tenant=part["tenant"].to_numpy(),
+                action=ACTIONS[kind],
+                detail=detail.loc[where].to_numpy() if isinstance(detail, pd.Series) else detail,
+                reference=part[self.column].to_numpy(),
+                status=part["status"].to_numpy(),
+                updated_at=part["updated_at"].to_numpy(),
+            )
+        )
 
 
 def _missing_references(
@@ -233,34 +267,13 @@ def _missing_references(
             unresolved = parsed["key"].isna()
             found = index.contains(parsed["key"]) | index.contains(parsed["alternative"])
             candidates = ~foreign & ~found & ~unresolved
-            base = {
-                "table": t.table,
-                "column": ref.column,
-            }
-
-            def emit(kind: str, where: pd.Series, detail: pd.Series | str, key: pd.Series) -> None:
-                if not where.any():
-                    return
-                part = sel.loc[where]
-                out.append(
-                    _findings(
-                        kind=kind,
-                        row_id=part["row_id"].to_numpy(),
-                        key=key.loc[where].to_numpy(),
-                        tenant=part["tenant"].to_numpy(),
-                        action=ACTIONS[kind],
-                        detail=detail.loc[where].to_numpy() if isinstance(detail, pd.Series) else detail,
-                        reference=part[ref.column].to_numpy(),
-                        status=part["status"].to_numpy(),
-                        updated_at=part["updated_at"].to_numpy(),
-                        **base,
-                    )
-                )
-
+            emit = _RowEmitter(out, sel, t.table, ref.column)
             emit(
                 "foreign_reference",
                 foreign,
-                "references bucket " + parsed["bucket"].fillna("").astype("object") + f", not {bucket}",
+                "references bucket "
+                + parsed["bucket"].fillna("").astype("object")
+                + f", not {bucket}",
                 parsed["key"],
             )
             if candidates.any():
@@ -271,14 +284,18 @@ def _missing_references(
                 emit(
                     "normalization_mismatch",
                     near,
-                    "matches " + matched.fillna("").astype("object") + " only after Unicode/case normalisation",
+                    "matches "
+                    + matched.fillna("").astype("object")
+                    + " only after Unicode/case normalisation",
                     parsed["key"],
                 )
                 emit(ref.kind, candidates & ~near, ref.error_message, parsed["key"])
     return out
 
 
-def _processed_keys(db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str) -> pd.Series:
+def _processed_keys(
+    db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str
+) -> pd.Series:
     """Every listed key that some processed-table row names, in any spelling (status ignored)."""
     uploads = spec.uploads
     assert uploads is not None
@@ -310,14 +327,20 @@ def _unprocessed_uploads(
     in_uploads = keys.str.startswith(head) & ~keys.str.endswith("/")
     if options.tenant is not None and options.tenant != ALL_TENANTS:
         in_uploads &= keys.str.startswith(uploads.prefix.format(tenant=options.tenant))
-    candidates = objects.loc[in_uploads & ~keys.isin(_processed_keys(db, spec, index, storage.bucket))]
+    candidates = objects.loc[
+        in_uploads & ~keys.isin(_processed_keys(db, spec, index, storage.bucket))
+    ]
     if candidates.empty:
         return []
     jobs = db.tables.get(JOBS)
     if jobs is None or jobs.empty:
         jobs = pd.DataFrame(columns=["key", "status", "started_at", "updated_at"])
     jobs = jobs.drop_duplicates("key").rename(
-        columns={"status": "job_status", "started_at": "job_started_at", "updated_at": "job_updated_at"}
+        columns={
+            "status": "job_status",
+            "started_at": "job_started_at",
+            "updated_at": "job_updated_at",
+        }
     )
     merged = candidates.merge(jobs, on="key", how="left", validate="one_to_one")
     job_updated = pd.to_datetime(merged["job_updated_at"], utc=True)
@@ -342,12 +365,16 @@ def _unprocessed_uploads(
         (
             "orphan_object",
             is_orphan,
-            "no " + uploads.processed_table + " row; job " + merged["job_status"].fillna("absent").astype("object"),
+            "no "
+            + uploads.processed_table
+            + " row; job "
+            + merged["job_status"].fillna("absent").astype("object"),
         ),
         (
             "stuck_job",
             is_stuck,
-            "job processing since " + started.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("?").astype("object"),
+            "job processing since "
+            + started.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("?").astype("object"),
         ),
     ):
         if not where.any():
@@ -369,7 +396,9 @@ def _unprocessed_uploads(
     return out
 
 
-def _progress_behind(storage: StorageInventory, db: DatabaseInventory, spec: ReconciliationSpec) -> list[pd.DataFrame]:
+def _progress_behind(
+    storage: StorageInventory, db: DatabaseInventory, spec: ReconciliationSpec
+) -> list[pd.DataFrame]:
     plans_spec = spec.plans
     plans = db.tables.get(PLANS)
     if plans_spec is None or plans is None or plans.empty:
@@ -379,7 +408,9 @@ def _progress_behind(storage: StorageInventory, db: DatabaseInventory, spec: Rec
     groups = ["tenant", "project", "plan"] if "project" in plans.columns else ["tenant", "plan"]
     found = descriptors.str.extract(_template_regex(plans_spec.sheets_prefix, ".+"))
     counts = found.dropna().groupby(groups, sort=False).size().rename("expected").reset_index()
-    live = plans.loc[~plans["status"].isin(plans_spec.skip_statuses)].rename(columns={"row_id": "plan"})
+    live = plans.loc[~plans["status"].isin(plans_spec.skip_statuses)].rename(
+        columns={"row_id": "plan"}
+    )
     merged = live.merge(counts, on=groups, how="left")
     merged["expected"] = merged["expected"].fillna(0).astype("int64")
     behind = merged.loc[merged["completed"] < merged["expected"]]
@@ -440,7 +471,18 @@ def diff_inventories(
     )
     findings["updated_at"] = pd.to_datetime(findings["updated_at"], utc=True)
     findings["expected"] = findings["expected"].astype("Int64")
-    for column in ("kind", "table", "row_id", "key", "tenant", "action", "detail", "column", "reference", "status"):
+    for column in (
+        "kind",
+        "table",
+        "row_id",
+        "key",
+        "tenant",
+        "action",
+        "detail",
+        "column",
+        "reference",
+        "status",
+    ):
         findings[column] = findings[column].astype("object").where(findings[column].notna(), None)
 
     reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]

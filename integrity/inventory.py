@@ -55,7 +55,9 @@ def _utcnow() -> datetime:
 
 def _write_parquet(path: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"integrity": json.dumps(meta)})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"integrity": json.dumps(meta)}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
@@ -189,11 +191,16 @@ def list_storage(
         for prefix in work:
             list_one(prefix)
     else:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(work)), thread_name_prefix="list") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(concurrency, len(work)), thread_name_prefix="list"
+        ) as pool:
             list(pool.map(list_one, work))
 
-    table = pa.Table.from_batches(chunks, schema=_OBJECT_SCHEMA) if chunks else _OBJECT_SCHEMA.empty_table()
-    del chunks
+    table = (
+        pa.Table.from_batches(chunks, schema=_OBJECT_SCHEMA)
+        if chunks
+        else _OBJECT_SCHEMA.empty_table()
+    )
     objects = table.to_pandas()
     del table
     if len(work) > 1:
@@ -210,7 +217,9 @@ def list_storage(
 
 
 def merge_storage(a: StorageInventory, b: StorageInventory) -> StorageInventory:
-    objects = pd.concat([a.objects, b.objects], ignore_index=True).drop_duplicates("key", ignore_index=True)
+    objects = pd.concat([a.objects, b.objects], ignore_index=True).drop_duplicates(
+        "key", ignore_index=True
+    )
     return StorageInventory(
         bucket=a.bucket,
         prefixes=minimal_prefixes(a.prefixes + b.prefixes),
@@ -286,7 +295,9 @@ class DatabaseInventory:
     def load(cls, directory: str | Path) -> DatabaseInventory:
         directory = Path(directory)
         meta = json.loads((directory / "inventory.json").read_text())
-        tables = {name: _read_parquet(directory / f"{name}.parquet")[0] for name in meta.pop("tables")}
+        tables = {
+            name: _read_parquet(directory / f"{name}.parquet")[0] for name in meta.pop("tables")
+        }
         meta["read_at"] = datetime.fromisoformat(meta["read_at"])
         return cls(tables=tables, **meta)
 
@@ -366,7 +377,10 @@ def _reads(spec: ReconciliationSpec, tenant: str | None) -> list[_Read]:
 
 def _to_arrow(values: list[Any], kind: str) -> pa.Array:
     if kind == "text":
-        return pa.array([None if v is None else v if isinstance(v, str) else str(v) for v in values], pa.string())
+        return pa.array(
+            [None if v is None else v if isinstance(v, str) else str(v) for v in values],
+            pa.string(),
+        )
     if kind == "int":
         return pa.array(values, pa.int64())
     if values and any(isinstance(v, str) for v in values):
@@ -394,11 +408,15 @@ def check_database(engine: sa.Engine, spec: ReconciliationSpec) -> None:
         for read in reads:
             schema, _, table = read.table.rpartition(".")
             if not inspector.has_table(table, schema=schema or None):
-                raise SpecError(f"{read.spec_path}: table {read.table!r} not found in {safe_url(engine.url)}")
+                raise SpecError(
+                    f"{read.spec_path}: table {read.table!r} not found in {safe_url(engine.url)}"
+                )
             present = {c["name"] for c in inspector.get_columns(table, schema=schema or None)}
             for canonical, (column, _) in read.columns.items():
                 if column not in present:
-                    field_name = canonical if canonical in ("row_id", "tenant", "status") else column
+                    field_name = (
+                        canonical if canonical in ("row_id", "tenant", "status") else column
+                    )
                     raise SpecError(
                         f"{read.spec_path}: column {column!r} ({field_name}) not found in table {read.table!r}"
                     )
@@ -422,9 +440,9 @@ def read_database(
     errors: list[str] = []
     for read in _reads(spec, tenant):
         names = list(read.columns)
-        query = sa.select(*[sa.column(col).label(canon) for canon, (col, _) in read.columns.items()]).select_from(
-            _table(read.table)
-        )
+        query = sa.select(
+            *[sa.column(col).label(canon) for canon, (col, _) in read.columns.items()]
+        ).select_from(_table(read.table))
         if read.where is not None:
             query = query.where(read.where)
         schema = pa.schema([(n, _ARROW_TYPES[read.columns[n][1]]) for n in names])
@@ -432,12 +450,18 @@ def read_database(
             batches: list[pa.RecordBatch] = []
             try:
                 with engine.connect() as conn:
-                    result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+                    result = conn.execution_options(
+                        stream_results=True, yield_per=chunk_size
+                    ).execute(query)
                     while rows := result.fetchmany(chunk_size):
                         cols = list(zip(*rows))
                         batches.append(
                             pa.record_batch(
-                                [_to_arrow(list(c), read.columns[n][1]) for n, c in zip(names, cols)], schema=schema
+                                [
+                                    _to_arrow(list(c), read.columns[n][1])
+                                    for n, c in zip(names, cols)
+                                ],
+                                schema=schema,
                             )
                         )
                         if on_progress is not None:
@@ -449,7 +473,9 @@ def read_database(
                     time.sleep(0.2 * 2 ** (attempt - 1))
                     continue
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
-                errors.append(f"reading {read.spec_path} ({read.table}) failed after {attempt} attempts: {reason}")
+                errors.append(
+                    f"reading {read.spec_path} ({read.table}) failed after {attempt} attempts: {reason}"
+                )
                 tables[read.name] = schema.empty_table().to_pandas()
                 break
     return DatabaseInventory(
@@ -461,7 +487,14 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return any(
         s in text
-        for s in ("database is locked", "connection", "server closed", "terminating", "timeout", "could not receive")
+        for s in (
+            "database is locked",
+            "connection",
+            "server closed",
+            "terminating",
+            "timeout",
+            "could not receive",
+        )
     )
 
 

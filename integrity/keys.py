@@ -96,9 +96,15 @@ def resolve_references(values: pd.Series, bucket: str) -> pd.DataFrame:
             if parsed is None:
                 keys[pos] = None
             else:
-                buckets[pos], keys[pos], alternatives[pos] = parsed.bucket, parsed.key, parsed.alternative
+                buckets[pos], keys[pos], alternatives[pos] = (
+                    parsed.bucket,
+                    parsed.key,
+                    parsed.alternative,
+                )
     return pd.DataFrame(
-        {"bucket": buckets, "key": keys, "alternative": alternatives}, index=values.index, dtype=object
+        {"bucket": buckets, "key": keys, "alternative": alternatives},
+        index=values.index,
+        dtype=object,
     )
 
 

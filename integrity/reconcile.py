@@ -54,7 +54,9 @@ def list_referenced_outside(
     extra = covering_prefixes(referenced_keys(db, spec, store.bucket), inventory.prefixes)
     if not extra:
         return inventory
-    return merge_storage(inventory, list_storage(store, extra, concurrency=concurrency, on_progress=on_progress))
+    return merge_storage(
+        inventory, list_storage(store, extra, concurrency=concurrency, on_progress=on_progress)
+    )
 
 
 def build_storage_inventory(
@@ -66,8 +68,12 @@ def build_storage_inventory(
     concurrency: int = 8,
     on_progress: ProgressCallback | None = None,
 ) -> StorageInventory:
-    inventory = list_storage(store, storage_prefixes(spec, tenant), concurrency=concurrency, on_progress=on_progress)
-    return list_referenced_outside(store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress)
+    inventory = list_storage(
+        store, storage_prefixes(spec, tenant), concurrency=concurrency, on_progress=on_progress
+    )
+    return list_referenced_outside(
+        store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
+    )
 
 
 def reconcile(

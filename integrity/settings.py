@@ -29,7 +29,11 @@ def default_db_url() -> str:
 
 
 def default_storage_dir() -> Path:
-    return Path(os.environ.get(ENV_STORAGE_DIR) or home() / "storage" / DEMO_BUCKET).expanduser().absolute()
+    return (
+        Path(os.environ.get(ENV_STORAGE_DIR) or home() / "storage" / DEMO_BUCKET)
+        .expanduser()
+        .absolute()
+    )
 
 
 def snapshot_dir() -> Path:

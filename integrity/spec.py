@@ -28,7 +28,9 @@ DEFAULT_MESSAGES = {
 
 def _identifier(value: str) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.match(value):
-        raise ValueError(f"{value!r} is not a plain SQL identifier (letters, digits, _; schema.table allowed)")
+        raise ValueError(
+            f"{value!r} is not a plain SQL identifier (letters, digits, _; schema.table allowed)"
+        )
     return value
 
 
@@ -94,7 +96,9 @@ class UploadsSpec(_Model):
     def _prefix(cls, v: str) -> str:
         fields = _template_fields(v)
         if fields != {"tenant"} or not v.endswith("/") or not v.startswith(v.split("{", 1)[0]):
-            raise ValueError("must be a prefix template ending in '/' with exactly one field, {tenant}")
+            raise ValueError(
+                "must be a prefix template ending in '/' with exactly one field, {tenant}"
+            )
         return v
 
 
@@ -132,7 +136,9 @@ class PlansSpec(_Model):
     sheets_prefix: str = "organizations/{tenant}/projects/{project}/plans/{plan}/sheets/"
     descriptor_suffix: str = ".dzi"
 
-    @field_validator("table", "id", "tenant", "project", "status", "completed", "total", "updated_at")
+    @field_validator(
+        "table", "id", "tenant", "project", "status", "completed", "total", "updated_at"
+    )
     @classmethod
     def _identifiers(cls, v: str) -> str:
         return _identifier(v)
@@ -141,7 +147,11 @@ class PlansSpec(_Model):
     @classmethod
     def _sheets_prefix(cls, v: str) -> str:
         fields = _template_fields(v)
-        if not {"tenant", "plan"} <= fields or not fields <= {"tenant", "project", "plan"} or not v.endswith("/"):
+        if (
+            not {"tenant", "plan"} <= fields
+            or not fields <= {"tenant", "project", "plan"}
+            or not v.endswith("/")
+        ):
             raise ValueError(
                 "must be a prefix template ending in '/' with the fields {tenant} and {plan} (and optionally {project})"
             )
@@ -202,7 +212,9 @@ def default_spec() -> ReconciliationSpec:
                 tenant="project_id",
                 references=[
                     ReferenceSpec(column="original_url", kind="missing_original"),
-                    ReferenceSpec(column="staged_url", kind="missing_staged", when_status=["ready"]),
+                    ReferenceSpec(
+                        column="staged_url", kind="missing_staged", when_status=["ready"]
+                    ),
                 ],
             ),
         }
@@ -214,7 +226,11 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     # A misspelt field shows up twice (unknown here, missing there): name the misspelling first.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    message = (
+        "unknown field"
+        if first["type"] == "extra_forbidden"
+        else first["msg"].removeprefix("Value error, ")
+    )
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{source}: {where}: {message}{more}"
 

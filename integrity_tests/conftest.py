@@ -39,7 +39,9 @@ def s3_client(moto_endpoint: str):
     """A boto3 client made by dagster-aws's S3Resource, pointed at the moto server."""
     from dagster_aws.s3 import S3Resource
 
-    return S3Resource(endpoint_url=moto_endpoint, region_name="us-east-1", max_attempts=1).get_client()
+    return S3Resource(
+        endpoint_url=moto_endpoint, region_name="us-east-1", max_attempts=1
+    ).get_client()
 
 
 @pytest.fixture

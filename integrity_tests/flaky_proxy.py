@@ -44,7 +44,8 @@ class FlakyProxy:
                 if is_list:
                     with proxy._lock:
                         fail = proxy.fail_next_lists > 0 or (
-                            proxy.fail_lists_after is not None and proxy.lists_served >= proxy.fail_lists_after
+                            proxy.fail_lists_after is not None
+                            and proxy.lists_served >= proxy.fail_lists_after
                         )
                         if proxy.fail_next_lists > 0:
                             proxy.fail_next_lists -= 1
@@ -60,10 +61,14 @@ class FlakyProxy:
                         self.wfile.write(SLOW_DOWN)
                         return
                     if proxy.max_keys is not None:
-                        query["max-keys"] = str(min(int(query.get("max-keys", 1000)), proxy.max_keys))
+                        query["max-keys"] = str(
+                            min(int(query.get("max-keys", 1000)), proxy.max_keys)
+                        )
                         path = urlsplit(path).path + "?" + urlencode(query)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("connection",)
+                }
                 conn.request(self.command, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()

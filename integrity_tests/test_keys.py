@@ -18,7 +18,11 @@ BUCKET = "media"
         ("https://media.s3.amazonaws.com/images/p1/a.jpg", "media", "images/p1/a.jpg"),
         ("https://media.s3.eu-west-1.amazonaws.com/images/p1/a.jpg", "media", "images/p1/a.jpg"),
         ("https://media.cdn.example.com/images/p1/a.jpg", "media", "images/p1/a.jpg"),
-        ("https://s3.amazonaws.com/media/images/p1/a.jpg?X-Amz-Signature=abc", "media", "images/p1/a.jpg"),
+        (
+            "https://s3.amazonaws.com/media/images/p1/a.jpg?X-Amz-Signature=abc",
+            "media",
+            "images/p1/a.jpg",
+        ),
         (
             "https://media.0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com/images/p1/a.jpg",
             "media",

@@ -39,7 +39,8 @@ def test_orphan_uploads_by_job_state(world: World) -> None:
     report = world.reconcile()
 
     assert found(report, "orphan_object") == [
-        (f"documents/org-1/{n}.pdf", f"documents/org-1/{n}.pdf") for n in ("absent", "failed", "not_started")
+        (f"documents/org-1/{n}.pdf", f"documents/org-1/{n}.pdf")
+        for n in ("absent", "failed", "not_started")
     ]
     assert kinds(report) == {"orphan_object": 3}
     assert set(report.findings["tenant"]) == {"org-1"}
@@ -58,7 +59,11 @@ def test_min_age_counts_from_the_later_of_upload_and_job_update(world: World) ->
     world.obj("documents/org-1/young.pdf")
     world.obj("documents/org-1/old-object-fresh-job.pdf")
     # The job row was touched 10 minutes "after" the reconciliation's now - 2h, i.e. recently.
-    world.job("documents/org-1/old-object-fresh-job.pdf", "failed", updated_ago=-(2 * HOUR - timedelta(minutes=10)))
+    world.job(
+        "documents/org-1/old-object-fresh-job.pdf",
+        "failed",
+        updated_ago=-(2 * HOUR - timedelta(minutes=10)),
+    )
 
     assert found(world.reconcile(age=timedelta(minutes=30)), "orphan_object") == []
     report = world.reconcile(age=2 * HOUR)
@@ -74,7 +79,9 @@ def test_stuck_jobs_respect_stuck_after(world: World) -> None:
     world.job("documents/org-1/busy.pdf", "processing", started_ago=timedelta(hours=3))
 
     report = world.reconcile(age=timedelta(0))
-    assert found(report, "stuck_job") == [("documents/org-1/stuck.pdf", "documents/org-1/stuck.pdf")]
+    assert found(report, "stuck_job") == [
+        ("documents/org-1/stuck.pdf", "documents/org-1/stuck.pdf")
+    ]
     assert report.findings.loc[0, "action"] == "retry"
     report = world.reconcile(age=timedelta(0), stuck_after=timedelta(hours=2))
     assert len(found(report, "stuck_job")) == 2
@@ -91,7 +98,9 @@ def test_missing_originals_and_staged(world: World) -> None:
     world.image("ok", "images/p1/ok.jpg", "images/p1/ok-staged.jpg")
     world.image("no-original", "images/p1/gone.jpg", "images/p1/ok-staged.jpg")
     world.image("no-staged", "images/p1/ok.jpg", "images/p1/gone-staged.jpg")
-    world.image("queued-no-staged", "images/p1/ok.jpg", "images/p1/gone-staged.jpg", status="queued")
+    world.image(
+        "queued-no-staged", "images/p1/ok.jpg", "images/p1/gone-staged.jpg", status="queued"
+    )
     world.image("already-error", "images/p1/gone.jpg", "images/p1/gone-staged.jpg", status="error")
     world.image("null-staged", "images/p1/ok.jpg", None)
     world.document("doc-gone", "documents/org-1/gone.pdf")
@@ -105,7 +114,11 @@ def test_missing_originals_and_staged(world: World) -> None:
     assert found(report, "missing_staged") == [("no-staged", "images/p1/gone-staged.jpg")]
     assert kinds(report) == {"missing_original": 2, "missing_staged": 1}
     staged = report.findings.loc[report.findings["kind"] == "missing_staged"].iloc[0]
-    assert (staged["detail"], staged["action"], staged["status"]) == ("staged missing in storage", "mark_error", "ready")
+    assert (staged["detail"], staged["action"], staged["status"]) == (
+        "staged missing in storage",
+        "mark_error",
+        "ready",
+    )
     original = report.findings.loc[report.findings["row_id"] == "no-original"].iloc[0]
     assert original["detail"] == "original missing in storage"
     assert original["updated_at"] is not None
@@ -153,8 +166,13 @@ def test_foreign_and_normalization_are_reported_but_never_missing(world: World) 
     report = world.reconcile()
 
     assert kinds(report) == {"normalization_mismatch": 2, "foreign_reference": 2}
-    assert found(report, "normalization_mismatch") == [("case", "images/p1/upper.jpg"), ("nfc", nfc)]
-    assert set(report.findings.loc[report.findings["kind"] == "foreign_reference", "action"]) == {"none"}
+    assert found(report, "normalization_mismatch") == [
+        ("case", "images/p1/upper.jpg"),
+        ("nfc", nfc),
+    ]
+    assert set(report.findings.loc[report.findings["kind"] == "foreign_reference", "action"]) == {
+        "none"
+    }
     detail = report.findings.loc[report.findings["row_id"] == "nfc", "detail"].iloc[0]
     assert nfd in detail
 
@@ -187,7 +205,19 @@ def test_awkward_keys_round_trip(world: World, key: str) -> None:
 
 
 def test_1024_byte_key_is_listed_whole(world: World) -> None:
-    key = "images/" + "x" * 200 + "/" + "y" * 200 + "/" + "z" * 200 + "/" + "w" * 200 + "/" + "v" * (1024 - 7 - 804 - 4) + ".jpg"
+    key = (
+        "images/"
+        + "x" * 200
+        + "/"
+        + "y" * 200
+        + "/"
+        + "z" * 200
+        + "/"
+        + "w" * 200
+        + "/"
+        + "v" * (1024 - 7 - 804 - 4)
+        + ".jpg"
+    )
     assert len(key.encode()) == 1024
     world.obj(key)
     world.image("long", key)
@@ -268,5 +298,10 @@ def test_summary_has_every_kind_and_examples(world: World) -> None:
         "progress_behind",
     }
     assert summary["examples"] == [
-        {"kind": "missing_original", "key": "images/a.jpg", "row_id": "a", "detail": "original missing in storage"}
+        {
+            "kind": "missing_original",
+            "key": "images/a.jpg",
+            "row_id": "a",
+            "detail": "original missing in storage",
+        }
     ]

@@ -26,18 +26,62 @@ def test_dumped_spec_loads_back_identical(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"tables": {"images": {"table": "images", "tenant": "p", "references": [{"column": "u", "kind": "lost"}]}}},
-         r"tables\.images\.references\.0\.kind"),
-        ({"tables": {"images": {"table": "images", "tenant": "p", "refs": []}}}, r"tables\.images\.refs: unknown field \(and 1 more\)"),
-        ({"tables": {"images": {"table": "images; drop table x", "tenant": "p", "references": [{"column": "u"}]}}},
-         r"tables\.images\.table: 'images; drop table x' is not a plain SQL identifier"),
-        ({"tables": {"images": {"table": "images", "tenant": "p", "references": [{"column": "u"}]}}},
-         r"uploads\.processed_table: 'documents' is not one of tables \(images\)"),
-        ({"tables": {"documents": {"table": "documents", "tenant": "o", "references": [{"column": "k"}]}}},
-         r"uploads\.processed_column: 'r2_key' is not a reference column of tables\.documents"),
-        ({"tables": {}, "uploads": None, "plans": {"sheets_prefix": "orgs/{tenant}/sheets/"}},
-         r"plans\.sheets_prefix: must be a prefix template"),
-        ({"tables": {}, "uploads": {"prefix": "documents/"}}, r"uploads\.prefix: must be a prefix template"),
+        (
+            {
+                "tables": {
+                    "images": {
+                        "table": "images",
+                        "tenant": "p",
+                        "references": [{"column": "u", "kind": "lost"}],
+                    }
+                }
+            },
+            r"tables\.images\.references\.0\.kind",
+        ),
+        (
+            {"tables": {"images": {"table": "images", "tenant": "p", "refs": []}}},
+            r"tables\.images\.refs: unknown field \(and 1 more\)",
+        ),
+        (
+            {
+                "tables": {
+                    "images": {
+                        "table": "images; drop table x",
+                        "tenant": "p",
+                        "references": [{"column": "u"}],
+                    }
+                }
+            },
+            r"tables\.images\.table: 'images; drop table x' is not a plain SQL identifier",
+        ),
+        (
+            {
+                "tables": {
+                    "images": {"table": "images", "tenant": "p", "references": [{"column": "u"}]}
+                }
+            },
+            r"uploads\.processed_table: 'documents' is not one of tables \(images\)",
+        ),
+        (
+            {
+                "tables": {
+                    "documents": {
+                        "table": "documents",
+                        "tenant": "o",
+                        "references": [{"column": "k"}],
+                    }
+                }
+            },
+            r"uploads\.processed_column: 'r2_key' is not a reference column of tables\.documents",
+        ),
+        (
+            {"tables": {}, "uploads": None, "plans": {"sheets_prefix": "orgs/{tenant}/sheets/"}},
+            r"plans\.sheets_prefix: must be a prefix template",
+        ),
+        (
+            {"tables": {}, "uploads": {"prefix": "documents/"}},
+            r"uploads\.prefix: must be a prefix template",
+        ),
         ({"tables": {}, "uploads": None, "version": 2}, r"version"),
         (["not", "a", "mapping"], r"must be a mapping"),
     ],

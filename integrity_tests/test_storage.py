@@ -65,7 +65,9 @@ def test_throttled_pages_are_retried_with_backoff(moto_endpoint, s3_client, buck
     assert proxy.lists_failed == 3
 
 
-def test_a_page_failing_after_its_retries_makes_the_inventory_incomplete(moto_endpoint, s3_client, bucket) -> None:
+def test_a_page_failing_after_its_retries_makes_the_inventory_incomplete(
+    moto_endpoint, s3_client, bucket
+) -> None:
     _seed(s3_client, bucket, [f"documents/org-1/{i:04d}.pdf" for i in range(2_500)])
     with FlakyProxy(moto_endpoint) as proxy:
         proxy.fail_lists_after = 1  # the first page succeeds, every later one is throttled for good
@@ -73,7 +75,11 @@ def test_a_page_failing_after_its_retries_makes_the_inventory_incomplete(moto_en
         inventory = list_storage(store, ["documents/"])
     assert not inventory.complete
     assert len(inventory.objects) == 1_000
-    assert inventory.errors and "SlowDown" in inventory.errors[0] and "after 3 attempts" in inventory.errors[0]
+    assert (
+        inventory.errors
+        and "SlowDown" in inventory.errors[0]
+        and "after 3 attempts" in inventory.errors[0]
+    )
 
 
 def test_missing_bucket_is_one_clear_error(s3_client) -> None:
@@ -95,7 +101,10 @@ def test_missing_storage_directory_is_one_clear_error(tmp_path) -> None:
 def test_local_listing_pages_and_prefixes(tmp_path) -> None:
     store = LocalStorage(tmp_path / "media", page_size=10)
     (tmp_path / "media").mkdir()
-    keys = [f"documents/org-{i % 2}/{i:03d}.pdf" for i in range(25)] + ["documents-extra/x.pdf", "top.txt"]
+    keys = [f"documents/org-{i % 2}/{i:03d}.pdf" for i in range(25)] + [
+        "documents-extra/x.pdf",
+        "top.txt",
+    ]
     for key in keys:
         store.put_bytes(key, b"abc")
     assert sorted(list_storage(store).objects["key"]) == sorted(keys)
@@ -115,7 +124,9 @@ def test_local_storage_refuses_keys_that_escape_the_root(tmp_path) -> None:
 
 def test_minimal_and_covering_prefixes() -> None:
     assert minimal_prefixes(["a/", "a/b/", "b/", "a/"]) == ["a/", "b/"]
-    assert covering_prefixes(["documents/org-1/x", "img/p/1.jpg", "img/p/2.jpg", "top.jpg"], ["documents/org-1/"]) == [
+    assert covering_prefixes(
+        ["documents/org-1/x", "img/p/1.jpg", "img/p/2.jpg", "top.jpg"], ["documents/org-1/"]
+    ) == [
         "img/p/",
         "top.jpg",
     ]

@@ -40,10 +40,23 @@ class World:
     def document(self, id: str, key: str, org: str = "org-1", status: str = "complete") -> None:
         at = _naive(self.base)
         self._insert(
-            schema.documents, id=id, organization_id=org, r2_key=key, status=status, created_at=at, updated_at=at
+            schema.documents,
+            id=id,
+            organization_id=org,
+            r2_key=key,
+            status=status,
+            created_at=at,
+            updated_at=at,
         )
 
-    def job(self, key: str, status: str, *, started_ago: timedelta | None = None, updated_ago: timedelta = 2 * HOUR) -> None:
+    def job(
+        self,
+        key: str,
+        status: str,
+        *,
+        started_ago: timedelta | None = None,
+        updated_ago: timedelta = 2 * HOUR,
+    ) -> None:
         self._insert(
             schema.processing_jobs,
             object_key=key,
@@ -53,7 +66,13 @@ class World:
         )
 
     def image(
-        self, id: str, original: str, staged: str | None = None, *, project: str = "proj-1", status: str = "ready"
+        self,
+        id: str,
+        original: str,
+        staged: str | None = None,
+        *,
+        project: str = "proj-1",
+        status: str = "ready",
     ) -> None:
         self._insert(
             schema.images,
@@ -66,7 +85,14 @@ class World:
         )
 
     def plan(
-        self, id: str, completed: int, total: int, *, org: str = "org-1", project: str = "proj-1", status: str = "processing"
+        self,
+        id: str,
+        completed: int,
+        total: int,
+        *,
+        org: str = "org-1",
+        project: str = "proj-1",
+        status: str = "processing",
     ) -> None:
         self._insert(
             schema.plans,
@@ -85,7 +111,9 @@ class World:
         return self.obj(base + f"{sheet}.dzi", b"<Image/>")
 
     def reconcile(self, age: timedelta = 2 * HOUR, **options: object) -> ReconciliationReport:
-        return reconcile(self.store, self.engine, self.spec, DiffOptions(now=self.base + age, **options))
+        return reconcile(
+            self.store, self.engine, self.spec, DiffOptions(now=self.base + age, **options)
+        )
 
 
 def kinds(report: ReconciliationReport) -> dict[str, int]:

@@ -19,7 +19,9 @@ def _etag(stat: os.stat_result) -> str:
 class LocalStorage:
     """Keys are paths relative to the root, with '/' separators; the bucket is the root's name."""
 
-    def __init__(self, root: str | Path, bucket: str | None = None, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self, root: str | Path, bucket: str | None = None, page_size: int = PAGE_SIZE
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.bucket = bucket or self.root.name
         self.page_size = page_size
@@ -37,7 +39,12 @@ class LocalStorage:
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        if (
+            not key
+            or key.startswith("/")
+            or any(p in ("", ".", "..") for p in parts[:-1])
+            or parts[-1] in (".", "..")
+        ):
             raise StorageError(f"key {key[:200]!r} cannot be stored in a directory")
         return self.root.joinpath(*parts)
 
@@ -97,7 +104,9 @@ class LocalStorage:
             stat = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectHead(key, stat.st_size, _etag(stat), datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
+        return ObjectHead(
+            key, stat.st_size, _etag(stat), datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)
+        )
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         path = self._path(key)

@@ -91,8 +91,13 @@ class S3Storage:
             self._call("head_bucket", Bucket=self.bucket)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                raise StorageError(f"bucket {self.bucket!r} does not exist ({self.description})") from None
+            if status == 404 or exc.response.get("Error", {}).get("Code") in (
+                "404",
+                "NoSuchBucket",
+            ):
+                raise StorageError(
+                    f"bucket {self.bucket!r} does not exist ({self.description})"
+                ) from None
             if status == 403:
                 raise StorageError(
                     f"access to bucket {self.bucket!r} denied ({self.description}): check the credentials"
@@ -106,7 +111,11 @@ class S3Storage:
             raise StorageError(f"cannot reach {self.description}: {_describe(exc)}") from None
 
     def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.page_size}
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": self.page_size,
+        }
         if delimiter:
             kwargs["Delimiter"] = delimiter
         while True:
@@ -140,8 +149,12 @@ class S3Storage:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
-            raise StorageError(f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}") from None
-        return ObjectHead(key, response["ContentLength"], response.get("ETag", ""), response["LastModified"])
+            raise StorageError(
+                f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}"
+            ) from None
+        return ObjectHead(
+            key, response["ContentLength"], response.get("ETag", ""), response["LastModified"]
+        )
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}
@@ -151,4 +164,6 @@ class S3Storage:
         try:
             return self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            raise StorageError(f"GET s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}") from None
+            raise StorageError(
+                f"GET s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}"
+            ) from None
