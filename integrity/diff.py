@@ -471,18 +471,9 @@ def diff_inventories(
     )
     findings["updated_at"] = pd.to_datetime(findings["updated_at"], utc=True)
     findings["expected"] = findings["expected"].astype("Int64")
-    for column in (
-        "kind",
-        "table",
-        "row_id",
-        "key",
-        "tenant",
-        "action",
-        "detail",
-        "column",
-        "reference",
-        "status",
-    ):
+    for column in FINDING_COLUMNS:
+        if column in ("updated_at", "expected"):
+            continue
         findings[column] = findings[column].astype("object").where(findings[column].notna(), None)
 
     reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]
