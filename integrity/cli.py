@@ -166,19 +166,15 @@ def make_engine(url: str) -> sa.Engine:
     """An engine for the URL, with a readable error for a missing SQLite file or a bad URL."""
     import sqlalchemy as sa
 
+    from integrity.database import database_url
     from integrity.inventory import safe_url
 
     try:
-        parsed = sa.make_url(url)
+        parsed = database_url(url)
     except sa.exc.ArgumentError:
         raise UsageError(
             "--db-url: not a valid SQLAlchemy URL (e.g. postgresql://user@host/db)"
         ) from None
-    if parsed.drivername == "postgresql":
-        try:  # psycopg 3 is the declared driver; SQLAlchemy's default for the bare scheme is psycopg2
-            import psycopg2  # noqa: F401
-        except ImportError:
-            parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         local_file = database and database != ":memory:" and not database.startswith("file:")

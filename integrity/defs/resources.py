@@ -19,6 +19,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from integrity import settings
+from integrity.database import database_url
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
 from integrity.spec import ReconciliationSpec, load_spec
@@ -105,7 +106,7 @@ class DatabaseResource(dg.ConfigurableResource):
                 "or set INTEGRITY_DB_URL"
             )
         try:
-            engine = sa.create_engine(url)
+            engine = sa.create_engine(database_url(url))
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise DatabaseError(f"cannot open database {self.description}: {exc}") from None
         try:
