@@ -81,16 +81,68 @@ def child(args) -> None:
     db = read_database(engine, spec)
     print(f"read {db.rows:,} rows in {time.perf_counter() - t:.1f} s")
     stage("read_database", objects=inv.objects, **db.tables)
+    if args.diff_parts:
+        diff_parts(inv, db, spec, n, store)
     t = time.perf_counter()
     report = diff_inventories(inv, db, spec, DiffOptions())
     print(f"diff {len(report.findings):,} findings in {time.perf_counter() - t:.1f} s")
     stage("diff", objects=inv.objects, **db.tables)
 
 
+def diff_parts(inv, db, spec, n: int, store) -> None:
+    """The diff's pieces one at a time: each one's transient peak above the RSS before it."""
+    import gc
+    from datetime import datetime, timezone
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from integrity import diff as d
+    from integrity.keys import normalized, resolve_references
+
+    options = d.DiffOptions()
+    now = pd.Timestamp(datetime.now(timezone.utc))
+    keys = inv.objects["key"]
+    docs = db.tables["documents"]
+
+    def part(name, fn):
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = bench._status("VmRSS")
+        a0 = pa.total_allocated_bytes()
+        t = time.perf_counter()
+        result = fn()
+        took = time.perf_counter() - t
+        peak = bench._status("VmHWM") - before
+        kept = bench._status("VmRSS") - before
+        print(f"  {name:<44} {took:6.2f} s  peak+{_mb(peak)} ({peak / n:5.0f} B/obj)  "
+              f"kept+{_mb(kept)}  arrow {(pa.total_allocated_bytes() - a0) / 2**20:+.1f} MB")
+        return result
+
+    index = d._ObjectIndex(keys)
+    part("one ListObjectsV2 page (boto3 parse, 1000 keys)", lambda: next(iter(store.list_pages(""))))
+    table = pa.Table.from_pandas(inv.objects, preserve_index=False)
+    part("objects arrow table .to_pandas()", lambda: table.to_pandas())
+    del table
+    part("keys.isin(object column) [contains]", lambda: index.contains(docs["r2_key"].astype("object")))
+    part("normalized(keys) [NFC+casefold, all keys]", lambda: normalized(keys))
+    part("_ObjectIndex.normal (normalize + groupby)", lambda: index.normal)
+    part("resolve_references(documents.r2_key)", lambda: resolve_references(docs["r2_key"], inv.bucket))
+    part("resolve_references(images.original_url)",
+         lambda: resolve_references(db.tables["images"]["original_url"], inv.bucket))
+    part("_processed_keys", lambda: d._processed_keys(db, spec, index, inv.bucket))
+    part("_unprocessed_uploads", lambda: d._unprocessed_uploads(inv, db, spec, index, options, now))
+    part("_missing_references", lambda: d._missing_references(db, spec, index, inv.bucket))
+    part("_progress_behind", lambda: d._progress_behind(inv, db, spec))
+    part("objects.drop_duplicates('key')", lambda: inv.objects.drop_duplicates("key", ignore_index=True))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--objects", type=int, default=20_000)
     p.add_argument("--tracemalloc", action="store_true")
+    p.add_argument("--diff-parts", action="store_true", help="also measure each piece of the diff alone")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint")
     p.add_argument("--bucket", default=bench.BUCKET)
@@ -116,7 +168,8 @@ def main() -> None:
         bench.seed_sqlite(world, db)
         del world
         cmd = [sys.executable, __file__, "--child", "--endpoint", endpoint, "--db", str(db),
-               "--objects", str(args.objects)] + (["--tracemalloc"] if args.tracemalloc else [])
+               "--objects", str(args.objects)] + (["--tracemalloc"] if args.tracemalloc else []) + (
+            ["--diff-parts"] if args.diff_parts else [])
         subprocess.run(cmd, check=True, env={**os.environ, **bench.ENV})
     server.stop()
 
