@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
-from integrity.keys import normalized, resolve_references
+from integrity.keys import normalized_array, resolve_references
 from integrity.spec import ReconciliationSpec
 
 ACTIONS: dict[str, str] = {
@@ -187,31 +189,26 @@ def _template_regex(template: str, tail: str = "") -> str:
 
 
 class _ObjectIndex:
-    """Set membership over the listed keys, with the normalised spelling built on demand."""
+    """Set membership over the listed keys in Arrow (no Python string per key), with the
+    normalised spelling built only when some reference is not found as spelled."""
 
     def __init__(self, keys: pd.Series) -> None:
-        self.keys = keys
-        self._normal: pd.Series | None = None
+        self.keys = pa.array(keys, type=pa.string(), from_pandas=True)
+        self._normal: pa.Array | None = None
 
     def contains(self, values: pd.Series) -> pd.Series:
-        return values.isin(self.keys) & values.notna()
-
-    @property
-    def normal(self) -> pd.Series:
-        if self._normal is None:
-            norm = normalized(self.keys)
-            self._normal = (
-                pd.Series(self.keys.to_numpy(), index=norm.to_numpy()).groupby(level=0).first()
-            )
-        return self._normal
+        found = pc.is_in(pa.array(values, type=pa.string(), from_pandas=True), value_set=self.keys)
+        return pd.Series(found.fill_null(False).to_numpy(zero_copy_only=False), index=values.index)
 
     def normal_match(self, values: pd.Series) -> pd.Series:
         """The listed key a value matches after normalisation (None where none does)."""
-        if values.empty:
-            return pd.Series([], dtype="object")
-        norm = normalized(values.fillna(""))
-        matched = self.normal.reindex(norm.to_numpy()).to_numpy()
-        return pd.Series(matched, index=values.index, dtype="object").where(values.notna(), None)
+        if values.empty or not values.notna().any():
+            return pd.Series(None, index=values.index, dtype="object")
+        if self._normal is None:
+            self._normal = normalized_array(self.keys)
+        positions = pc.index_in(normalized_array(values), value_set=self._normal)
+        matched = pc.take(self.keys, positions).to_numpy(zero_copy_only=False)
+        return pd.Series(matched, index=values.index, dtype="object")
 
 
 @dataclass

@@ -203,8 +203,8 @@ def list_storage(
     )
     objects = table.to_pandas()
     del table
-    if len(work) > 1:
-        objects = objects.drop_duplicates("key", ignore_index=True)
+    # The prefixes listed are disjoint (minimal_prefixes), so no key can appear twice.
+    pa.default_memory_pool().release_unused()
     return StorageInventory(
         bucket=store.bucket,
         prefixes=listed_prefixes,

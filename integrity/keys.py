@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _VIRTUAL_HOSTED = (
     # AWS: bucket.s3.amazonaws.com, bucket.s3.eu-west-1.amazonaws.com, bucket.s3-eu-west-1.amazonaws.com
@@ -108,9 +110,20 @@ def resolve_references(values: pd.Series, bucket: str) -> pd.DataFrame:
     )
 
 
+def normalized_array(values: pd.Series | pa.Array) -> pa.Array:
+    """The form two spellings share when they differ only by Unicode normalisation (NFC) or case."""
+    array = (
+        values
+        if isinstance(values, pa.Array)
+        else pa.array(values, type=pa.string(), from_pandas=True)
+    )
+    return pc.utf8_lower(pc.utf8_normalize(array, form="NFC"))
+
+
 def normalized(keys: pd.Series) -> pd.Series:
-    """The form two spellings share when they differ only by Unicode normalisation or case."""
-    return keys.astype("str").str.normalize("NFC").str.casefold()
+    return pd.Series(
+        normalized_array(keys).to_numpy(zero_copy_only=False), index=keys.index, dtype="object"
+    )
 
 
 def like_escape(prefix: str) -> str:
