@@ -10,6 +10,7 @@ reason, and nothing downstream may act on an incomplete inventory.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +29,12 @@ from integrity.errors import DatabaseError, SpecError, StorageError
 from integrity.keys import like_escape, resolve_references
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
+
+# Arrow's default pool (mimalloc) keeps the pages it frees, so a listing followed by a diff
+# peaks at about twice the memory the frames need (measured in BENCHMARKS.md). The system
+# allocator gives them back; ARROW_DEFAULT_MEMORY_POOL still overrides this choice.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.system_memory_pool())
 
 ProgressCallback = Callable[[str, int], None]
 """Called with ("objects", n) after each listing page and ("rows", n) after each read chunk."""
