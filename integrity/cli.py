@@ -496,7 +496,9 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, BotoCoreError):
         return f"S3 request failed: {exc}"
     if isinstance(exc, sa.exc.SQLAlchemyError):
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        from integrity.inventory import db_error_reason
+
+        reason = db_error_reason(exc)
         return f"database error: {reason}"
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""

@@ -60,7 +60,7 @@ def _utcnow() -> datetime:
 # --------------------------------------------------------------------------- snapshots
 
 
-def _write_parquet(path: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
+def write_parquet(path: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), b"integrity": json.dumps(meta)}
@@ -71,7 +71,7 @@ def _write_parquet(path: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> Non
     tmp.replace(path)
 
 
-def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_parquet(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(b"integrity", b"{}"))
     return table.to_pandas(), meta
@@ -93,9 +93,6 @@ class StorageInventory:
     seconds: float = 0.0
     listed_at: datetime = field(default_factory=_utcnow)
 
-    def covers(self, key: str) -> bool:
-        return any(key.startswith(p) for p in self.prefixes)
-
     def _meta(self) -> dict[str, Any]:
         return {
             "bucket": self.bucket,
@@ -109,18 +106,14 @@ class StorageInventory:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        _write_parquet(path, self.objects, self._meta())
+        write_parquet(path, self.objects, self._meta())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> StorageInventory:
-        frame, meta = _read_parquet(Path(path))
+        frame, meta = read_parquet(Path(path))
         meta["listed_at"] = datetime.fromisoformat(meta["listed_at"])
         return cls(objects=frame, **meta)
-
-
-def empty_objects() -> pd.DataFrame:
-    return _OBJECT_SCHEMA.empty_table().to_pandas()
 
 
 def minimal_prefixes(prefixes: Iterable[str]) -> list[str]:
@@ -294,7 +287,7 @@ class DatabaseInventory:
             "read_at": self.read_at.isoformat(),
         }
         for name, frame in self.tables.items():
-            _write_parquet(directory / f"{name}.parquet", frame, {})
+            write_parquet(directory / f"{name}.parquet", frame, {})
         (directory / "inventory.json").write_text(json.dumps(meta))
         return directory
 
@@ -303,7 +296,7 @@ class DatabaseInventory:
         directory = Path(directory)
         meta = json.loads((directory / "inventory.json").read_text())
         tables = {
-            name: _read_parquet(directory / f"{name}.parquet")[0] for name in meta.pop("tables")
+            name: read_parquet(directory / f"{name}.parquet")[0] for name in meta.pop("tables")
         }
         meta["read_at"] = datetime.fromisoformat(meta["read_at"])
         return cls(tables=tables, **meta)
@@ -407,6 +400,12 @@ def safe_url(url: str | sa.URL) -> str:
         return "<unparseable database URL>"
 
 
+def db_error_reason(exc: BaseException) -> str:
+    """The first line of a database error, the driver's own message where there is one."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [""])[0][:200]
+
+
 def check_database(engine: sa.Engine, spec: ReconciliationSpec) -> None:
     """Fail with one readable line if the database is unreachable or lacks a spec'd column."""
     reads = _reads(spec, None)
@@ -428,7 +427,7 @@ def check_database(engine: sa.Engine, spec: ReconciliationSpec) -> None:
                         f"{read.spec_path}: column {column!r} ({field_name}) not found in table {read.table!r}"
                     )
     except sa.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        reason = db_error_reason(exc)
         raise DatabaseError(f"cannot read database {safe_url(engine.url)}: {reason}") from None
 
 
@@ -479,7 +478,7 @@ def read_database(
                 if attempt < attempts and (exc.connection_invalidated or _is_transient(exc)):
                     time.sleep(0.2 * 2 ** (attempt - 1))
                     continue
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+                reason = db_error_reason(exc)
                 errors.append(
                     f"reading {read.spec_path} ({read.table}) failed after {attempt} attempts: {reason}"
                 )

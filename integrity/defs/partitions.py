@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import IntegrityError
-from integrity.inventory import ALL_TENANTS, check_database, discover_tenants
+from integrity.inventory import ALL_TENANTS, check_database, db_error_reason, discover_tenants
 from integrity.storage.base import ListingFailed
 
 TENANTS = "tenants"
@@ -38,7 +38,7 @@ def discover(storage: StorageResource, database: DatabaseResource, spec: SpecRes
     except (IntegrityError, ListingFailed) as exc:
         raise DiscoveryFailed(str(exc)) from None
     except sa.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        reason = db_error_reason(exc)
         raise DiscoveryFailed(f"cannot read database {database.description}: {reason}") from None
     # A tenant literally named like the reserved key would shadow the whole-bucket partition.
     return [t for t in tenants if t != ALL_TENANTS]
