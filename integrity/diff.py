@@ -19,7 +19,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
+from integrity.inventory import (
+    ALL_TENANTS,
+    JOBS,
+    PLANS,
+    DatabaseInventory,
+    StorageInventory,
+    read_parquet,
+    write_parquet,
+)
 from integrity.keys import normalized_array, resolve_references
 from integrity.spec import ReconciliationSpec
 
@@ -137,17 +145,13 @@ class ReconciliationReport:
         }
 
     def save(self, path: str | Path) -> Path:
-        from integrity.inventory import _write_parquet
-
         path = Path(path)
-        _write_parquet(path, self.findings, self._meta())
+        write_parquet(path, self.findings, self._meta())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> ReconciliationReport:
-        from integrity.inventory import _read_parquet
-
-        frame, meta = _read_parquet(Path(path))
+        frame, meta = read_parquet(Path(path))
         meta["generated_at"] = datetime.fromisoformat(meta["generated_at"])
         return cls(findings=frame, **meta)
 
@@ -302,8 +306,9 @@ def _processed_keys(
     parsed = resolve_references(rows[uploads.processed_column], bucket)
     ours = parsed.loc[parsed["bucket"].isna() | (parsed["bucket"] == bucket)]
     spellings = pd.concat([ours["key"], ours["alternative"]]).dropna()
-    direct = spellings[index.contains(spellings)]
-    near = index.normal_match(spellings[~index.contains(spellings)]).dropna()
+    listed = index.contains(spellings)
+    direct = spellings[listed]
+    near = index.normal_match(spellings[~listed]).dropna()
     return pd.concat([direct, near]).astype("object")
 
 

@@ -120,12 +120,6 @@ def normalized_array(values: pd.Series | pa.Array) -> pa.Array:
     return pc.utf8_lower(pc.utf8_normalize(array, form="NFC"))
 
 
-def normalized(keys: pd.Series) -> pd.Series:
-    return pd.Series(
-        normalized_array(keys).to_numpy(zero_copy_only=False), index=keys.index, dtype="object"
-    )
-
-
 def like_escape(prefix: str) -> str:
     """Escape a literal prefix for ``LIKE ... ESCAPE '\\'``."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
