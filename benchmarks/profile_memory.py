@@ -62,7 +62,9 @@ def child(args) -> None:
         )
         for fname, f in frames.items():
             per_col = {c: int(v) for c, v in f.memory_usage(deep=True, index=False).items()}
-            print(f"    {fname}: {len(f):,} rows, dtypes {dict(f.dtypes.astype(str))}, bytes {per_col}")
+            print(
+                f"    {fname}: {len(f):,} rows, dtypes {dict(f.dtypes.astype(str))}, bytes {per_col}"
+            )
         if args.tracemalloc:
             import tracemalloc
 
@@ -98,7 +100,7 @@ def diff_parts(inv, db, spec, n: int, store) -> None:
     import pyarrow as pa
 
     from integrity import diff as d
-    from integrity.keys import normalized, resolve_references
+    from integrity.keys import normalized_array, resolve_references
 
     options = d.DiffOptions()
     now = pd.Timestamp(datetime.now(timezone.utc))
@@ -116,33 +118,52 @@ def diff_parts(inv, db, spec, n: int, store) -> None:
         took = time.perf_counter() - t
         peak = bench._status("VmHWM") - before
         kept = bench._status("VmRSS") - before
-        print(f"  {name:<44} {took:6.2f} s  peak+{_mb(peak)} ({peak / n:5.0f} B/obj)  "
-              f"kept+{_mb(kept)}  arrow {(pa.total_allocated_bytes() - a0) / 2**20:+.1f} MB")
+        print(
+            f"  {name:<44} {took:6.2f} s  peak+{_mb(peak)} ({peak / n:5.0f} B/obj)  "
+            f"kept+{_mb(kept)}  arrow {(pa.total_allocated_bytes() - a0) / 2**20:+.1f} MB"
+        )
         return result
 
     index = d._ObjectIndex(keys)
-    part("one ListObjectsV2 page (boto3 parse, 1000 keys)", lambda: next(iter(store.list_pages(""))))
+    part(
+        "one ListObjectsV2 page (boto3 parse, 1000 keys)", lambda: next(iter(store.list_pages("")))
+    )
     table = pa.Table.from_pandas(inv.objects, preserve_index=False)
     part("objects arrow table .to_pandas()", lambda: table.to_pandas())
-    del table
-    part("keys.isin(object column) [contains]", lambda: index.contains(docs["r2_key"].astype("object")))
-    part("normalized(keys) [NFC+casefold, all keys]", lambda: normalized(keys))
-    part("_ObjectIndex.normal (normalize + groupby)", lambda: index.normal)
-    part("resolve_references(documents.r2_key)", lambda: resolve_references(docs["r2_key"], inv.bucket))
-    part("resolve_references(images.original_url)",
-         lambda: resolve_references(db.tables["images"]["original_url"], inv.bucket))
+    part(
+        "keys.isin(object column) [contains]",
+        lambda: index.contains(docs["r2_key"].astype("object")),
+    )
+    part("normalized_array(keys) [NFC+lower in Arrow, all keys]", lambda: normalized_array(keys))
+    part(
+        "_ObjectIndex.normal_match (Arrow NFC+lower, index_in)",
+        lambda: index.normal_match(docs["r2_key"]),
+    )
+    part(
+        "resolve_references(documents.r2_key)",
+        lambda: resolve_references(docs["r2_key"], inv.bucket),
+    )
+    part(
+        "resolve_references(images.original_url)",
+        lambda: resolve_references(db.tables["images"]["original_url"], inv.bucket),
+    )
     part("_processed_keys", lambda: d._processed_keys(db, spec, index, inv.bucket))
     part("_unprocessed_uploads", lambda: d._unprocessed_uploads(inv, db, spec, index, options, now))
     part("_missing_references", lambda: d._missing_references(db, spec, index, inv.bucket))
     part("_progress_behind", lambda: d._progress_behind(inv, db, spec))
-    part("objects.drop_duplicates('key')", lambda: inv.objects.drop_duplicates("key", ignore_index=True))
+    part(
+        "objects.drop_duplicates('key')",
+        lambda: inv.objects.drop_duplicates("key", ignore_index=True),
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--objects", type=int, default=20_000)
     p.add_argument("--tracemalloc", action="store_true")
-    p.add_argument("--diff-parts", action="store_true", help="also measure each piece of the diff alone")
+    p.add_argument(
+        "--diff-parts", action="store_true", help="also measure each piece of the diff alone"
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint")
     p.add_argument("--bucket", default=bench.BUCKET)
@@ -167,9 +188,21 @@ def main() -> None:
         db = Path(tmp) / "bench.sqlite"
         bench.seed_sqlite(world, db)
         del world
-        cmd = [sys.executable, __file__, "--child", "--endpoint", endpoint, "--db", str(db),
-               "--objects", str(args.objects)] + (["--tracemalloc"] if args.tracemalloc else []) + (
-            ["--diff-parts"] if args.diff_parts else [])
+        cmd = (
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--endpoint",
+                endpoint,
+                "--db",
+                str(db),
+                "--objects",
+                str(args.objects),
+            ]
+            + (["--tracemalloc"] if args.tracemalloc else [])
+            + (["--diff-parts"] if args.diff_parts else [])
+        )
         subprocess.run(cmd, check=True, env={**os.environ, **bench.ENV})
     server.stop()
 

@@ -107,9 +107,20 @@ class PeakMemory:
 # --------------------------------------------------------------------------- data
 
 DOC_NAMES = [
-    "contract.pdf", "invoice-2024-Q3.pdf", "site-survey.pdf", "Lease Agreement.pdf", "permit_application.pdf",
-    "structural-calcs-rev2.pdf", "change order 14.pdf", "meeting-minutes.pdf", "insurance-certificate.pdf",
-    "plans+specs.pdf", "punch list.pdf", "RFI-0042.pdf", "submittal_log.xlsx", "photo-report.pdf",
+    "contract.pdf",
+    "invoice-2024-Q3.pdf",
+    "site-survey.pdf",
+    "Lease Agreement.pdf",
+    "permit_application.pdf",
+    "structural-calcs-rev2.pdf",
+    "change order 14.pdf",
+    "meeting-minutes.pdf",
+    "insurance-certificate.pdf",
+    "plans+specs.pdf",
+    "punch list.pdf",
+    "RFI-0042.pdf",
+    "submittal_log.xlsx",
+    "photo-report.pdf",
 ]
 UNICODE_NAMES = ["résumé.pdf", "Übergabeprotokoll.pdf", "façade-détails.pdf", "cañería.pdf"]
 
@@ -140,8 +151,18 @@ def build_world(n: int, seed: int = 7) -> dict:
     jobs: list[dict] = []
     images: list[dict] = []
     plans: list[dict] = []
-    expected = {k: 0 for k in ("orphan_object", "stuck_job", "missing_original", "missing_staged",
-                               "progress_behind", "foreign_reference", "normalization_mismatch")}
+    expected = {
+        k: 0
+        for k in (
+            "orphan_object",
+            "stuck_job",
+            "missing_original",
+            "missing_staged",
+            "progress_behind",
+            "foreign_reference",
+            "normalization_mismatch",
+        )
+    }
 
     # -- documents: uploads under documents/{org}/...
     n_docs = int(n * 0.40)
@@ -156,10 +177,23 @@ def build_world(n: int, seed: int = 7) -> dict:
         key = f"documents/{org}/{created:%Y/%m}/{_hex(rng, 32)}-{name}"
         doc_id = f"doc-{_hex(rng, 24)}"
         fault = i % drift_every
-        row = {"id": doc_id, "organization_id": org, "r2_key": key, "status": "complete", "error": None,
-               "created_at": _ts(created), "updated_at": _ts(created + timedelta(minutes=3))}
-        job = {"object_key": key, "status": "complete", "attempts": 1, "started_at": _ts(created),
-               "updated_at": _ts(created + timedelta(minutes=3)), "error": None}
+        row = {
+            "id": doc_id,
+            "organization_id": org,
+            "r2_key": key,
+            "status": "complete",
+            "error": None,
+            "created_at": _ts(created),
+            "updated_at": _ts(created + timedelta(minutes=3)),
+        }
+        job = {
+            "object_key": key,
+            "status": "complete",
+            "attempts": 1,
+            "started_at": _ts(created),
+            "updated_at": _ts(created + timedelta(minutes=3)),
+            "error": None,
+        }
         if unicode_case:
             # stored NFD, recorded NFC: a normalisation mismatch, never "missing"
             objects.append((unicodedata.normalize("NFD", key), created))
@@ -180,14 +214,28 @@ def build_world(n: int, seed: int = 7) -> dict:
         elif fault == 3:  # stuck: job processing for two days
             objects.append((key, created))
             started = now - timedelta(hours=50)
-            jobs.append({**job, "status": "processing", "started_at": _ts(started), "updated_at": _ts(started)})
+            jobs.append(
+                {
+                    **job,
+                    "status": "processing",
+                    "started_at": _ts(started),
+                    "updated_at": _ts(started),
+                }
+            )
             expected["stuck_job"] += 1
         elif fault == 4:  # young upload, no job yet: not an orphan (min_age)
             objects.append((key, now - timedelta(minutes=5)))
         elif fault == 5:  # job processing, started recently: neither stuck nor orphan
             objects.append((key, created))
             started = now - timedelta(minutes=20)
-            jobs.append({**job, "status": "processing", "started_at": _ts(started), "updated_at": _ts(started)})
+            jobs.append(
+                {
+                    **job,
+                    "status": "processing",
+                    "started_at": _ts(started),
+                    "updated_at": _ts(started),
+                }
+            )
         elif fault == 6:  # documents row whose object is gone
             documents.append(row)
             jobs.append(job)
@@ -218,9 +266,15 @@ def build_world(n: int, seed: int = 7) -> dict:
             "virtual": f"https://{BUCKET}.s3.us-east-1.amazonaws.com/{original}",
             "path": f"https://s3.us-east-1.amazonaws.com/{BUCKET}/{original}",
         }[form]
-        row = {"id": image_id, "project_id": project, "status": status, "original_url": url,
-               "staged_url": (f"s3://{BUCKET}/{staged}" if status == "ready" else None), "error": None,
-               "updated_at": _ts(updated)}
+        row = {
+            "id": image_id,
+            "project_id": project,
+            "status": status,
+            "original_url": url,
+            "staged_url": (f"s3://{BUCKET}/{staged}" if status == "ready" else None),
+            "error": None,
+            "updated_at": _ts(updated),
+        }
         fault = i % 100  # images: one in 100 lacks its original, one in 100 its staged copy
         has_original, has_staged = True, status == "ready"
         if fault == 11 and status != "error":
@@ -230,7 +284,9 @@ def build_world(n: int, seed: int = 7) -> dict:
             has_staged = False
             expected["missing_staged"] += 1
         elif fault == 13 and status != "error" and i % 1000 == 13:
-            row["original_url"] = f"s3://another-bucket/{original}"  # foreign: reported, never missing
+            row["original_url"] = (
+                f"s3://another-bucket/{original}"  # foreign: reported, never missing
+            )
             has_original = False
             expected["foreign_reference"] += 1
         if has_original:
@@ -254,14 +310,26 @@ def build_world(n: int, seed: int = 7) -> dict:
             objects.append((f"{prefix}{sheet}/tiles/{sheet}.dzi", when))
             for t in range(per_sheet_tiles):
                 level, col = divmod(t, 3)
-                objects.append((f"{prefix}{sheet}/tiles/{sheet}_files/{10 + level}/{col}_{t % 3}.jpg", when))
+                objects.append(
+                    (f"{prefix}{sheet}/tiles/{sheet}_files/{10 + level}/{col}_{t % 3}.jpg", when)
+                )
         behind = p % 10 == 3
         expected["progress_behind"] += behind
-        plans.append({"plan_id": plan_id, "organization_id": org, "project_id": project,
-                      "status": "processing" if behind else "complete",
-                      "completed_pages": sheets_per_plan - 4 if behind else sheets_per_plan,
-                      "total_pages": sheets_per_plan, "started_at": _ts(when), "updated_at": _ts(when),
-                      "completed_at": None if behind else _ts(when), "reconciled": False, "reconciled_at": None})
+        plans.append(
+            {
+                "plan_id": plan_id,
+                "organization_id": org,
+                "project_id": project,
+                "status": "processing" if behind else "complete",
+                "completed_pages": sheets_per_plan - 4 if behind else sheets_per_plan,
+                "total_pages": sheets_per_plan,
+                "started_at": _ts(when),
+                "updated_at": _ts(when),
+                "completed_at": None if behind else _ts(when),
+                "reconciled": False,
+                "reconciled_at": None,
+            }
+        )
     # top up (or trim) to exactly n objects with extra tiles of the last plan
     k = 0
     while len(objects) < n:
@@ -269,8 +337,14 @@ def build_world(n: int, seed: int = 7) -> dict:
         k += 1
     del objects[n:]
     rng.shuffle(objects)  # uploads arrive in no particular key order
-    return {"objects": objects, "documents": documents, "processing_jobs": jobs, "images": images,
-            "plans": plans, "expected": expected}
+    return {
+        "objects": objects,
+        "documents": documents,
+        "processing_jobs": jobs,
+        "images": images,
+        "plans": plans,
+        "expected": expected,
+    }
 
 
 def seed_moto(world: dict, bucket: str) -> float:
@@ -370,8 +444,15 @@ def run_listing(args, client, counter) -> dict:
     for page in paginator.paginate(Bucket=args.bucket, PaginationConfig={"PageSize": 1000}):
         listed += len(page.get("Contents", ()))  # keys discarded
     wall = time.perf_counter() - started
-    return {"wall": wall, "requests": counter.count, "findings": None, "objects_checked": listed,
-            "baseline": memory.baseline, "peak": memory.peak(), "memory_method": memory.method}
+    return {
+        "wall": wall,
+        "requests": counter.count,
+        "findings": None,
+        "objects_checked": listed,
+        "baseline": memory.baseline,
+        "peak": memory.peak(),
+        "memory_method": memory.method,
+    }
 
 
 def run_head_per_row(args, client, counter) -> dict:
@@ -386,13 +467,23 @@ def run_head_per_row(args, client, counter) -> dict:
     started = time.perf_counter()
     db = sqlite3.connect(args.db)
     refs: list[tuple[str, str]] = []  # (kind, reference)
-    refs += [("missing_original", r) for (r,) in db.execute("SELECT r2_key FROM documents WHERE status != 'error'")]
-    refs += [("missing_original", r) for (r,) in db.execute("SELECT original_url FROM images WHERE status != 'error'")]
+    refs += [
+        ("missing_original", r)
+        for (r,) in db.execute("SELECT r2_key FROM documents WHERE status != 'error'")
+    ]
+    refs += [
+        ("missing_original", r)
+        for (r,) in db.execute("SELECT original_url FROM images WHERE status != 'error'")
+    ]
     refs += [
         ("missing_staged", r)
-        for (r,) in db.execute("SELECT staged_url FROM images WHERE status = 'ready' AND staged_url IS NOT NULL")
+        for (r,) in db.execute(
+            "SELECT staged_url FROM images WHERE status = 'ready' AND staged_url IS NOT NULL"
+        )
     ]
-    rows = db.execute("SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM images)").fetchone()[0]
+    rows = db.execute(
+        "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM images)"
+    ).fetchone()[0]
     db.close()
 
     def exists(key: str) -> bool:
@@ -421,9 +512,17 @@ def run_head_per_row(args, client, counter) -> dict:
             if kind is not None:
                 by_kind[kind] = by_kind.get(kind, 0) + 1
     wall = time.perf_counter() - started
-    return {"wall": wall, "requests": counter.count, "findings": sum(by_kind.values()), "by_kind": by_kind,
-            "rows_checked": rows, "references": len(refs), "baseline": memory.baseline, "peak": memory.peak(),
-            "memory_method": memory.method}
+    return {
+        "wall": wall,
+        "requests": counter.count,
+        "findings": sum(by_kind.values()),
+        "by_kind": by_kind,
+        "rows_checked": rows,
+        "references": len(refs),
+        "baseline": memory.baseline,
+        "peak": memory.peak(),
+        "memory_method": memory.method,
+    }
 
 
 def run_select_per_object(args, client, counter) -> dict:
@@ -453,19 +552,31 @@ def run_select_per_object(args, client, counter) -> dict:
                 continue
             queries += 1
             job = db.execute(
-                "SELECT status, started_at, updated_at FROM processing_jobs WHERE object_key = ?", (key,)
+                "SELECT status, started_at, updated_at FROM processing_jobs WHERE object_key = ?",
+                (key,),
             ).fetchone()
             status, job_started, job_updated = job if job else (None, None, None)
             last_seen = max(obj["LastModified"], parse(job_updated) or obj["LastModified"])
             if status in (None, "not_started", "failed") and now - last_seen > min_age:
                 by_kind["orphan_object"] = by_kind.get("orphan_object", 0) + 1
-            elif status == "processing" and now - (parse(job_started) or parse(job_updated)) > stuck_after:
+            elif (
+                status == "processing"
+                and now - (parse(job_started) or parse(job_updated)) > stuck_after
+            ):
                 by_kind["stuck_job"] = by_kind.get("stuck_job", 0) + 1
     db.close()
     wall = time.perf_counter() - started
-    return {"wall": wall, "requests": counter.count, "queries": queries, "findings": sum(by_kind.values()),
-            "by_kind": by_kind, "objects_checked": listed, "baseline": memory.baseline, "peak": memory.peak(),
-            "memory_method": memory.method}
+    return {
+        "wall": wall,
+        "requests": counter.count,
+        "queries": queries,
+        "findings": sum(by_kind.values()),
+        "by_kind": by_kind,
+        "objects_checked": listed,
+        "baseline": memory.baseline,
+        "peak": memory.peak(),
+        "memory_method": memory.method,
+    }
 
 
 WORKERS = {
@@ -496,13 +607,26 @@ def worker_main(args) -> None:
 
 
 def run_design(design: str, args, endpoint: str, db: Path) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", design, "--endpoint", endpoint,
-           "--bucket", BUCKET, "--db", str(db), "--objects", str(args.objects),
-           "--concurrency", str(args.concurrency)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        design,
+        "--endpoint",
+        endpoint,
+        "--bucket",
+        BUCKET,
+        "--db",
+        str(db),
+        "--objects",
+        str(args.objects),
+        "--concurrency",
+        str(args.concurrency),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             result["design"] = design
             return result
     raise RuntimeError(f"{design} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -514,13 +638,17 @@ def _fmt(v, spec: str) -> str:
 
 def print_table(results: list[dict], n: int, expected: dict) -> dict:
     print()
-    print(f"{'design':<19}{'wall s':>9}{'requests':>10}{'findings':>10}{'peak MB':>10}{'bytes/obj':>11}")
+    print(
+        f"{'design':<19}{'wall s':>9}{'requests':>10}{'findings':>10}{'peak MB':>10}{'bytes/obj':>11}"
+    )
     for r in results:
         above = max(0, r["peak"] - r["baseline"])
         r["peak_above_baseline"] = above
         r["bytes_per_object"] = above / n
-        print(f"{r['design']:<19}{r['wall']:>9.1f}{r['requests']:>10,}{_fmt(r.get('findings'), ','):>10}"
-              f"{above / 2**20:>10.1f}{above / n:>11.0f}")
+        print(
+            f"{r['design']:<19}{r['wall']:>9.1f}{r['requests']:>10,}{_fmt(r.get('findings'), ','):>10}"
+            f"{above / 2**20:>10.1f}{above / n:>11.0f}"
+        )
     by = {r["design"]: r for r in results}
     ratios = {}
     if "reconcile" in by and "listing" in by:
@@ -528,7 +656,9 @@ def print_table(results: list[dict], n: int, expected: dict) -> dict:
     if "reconcile" in by and "head_per_row" in by:
         ratios["head_per_row_over_reconcile"] = by["head_per_row"]["wall"] / by["reconcile"]["wall"]
     if "reconcile" in by and "select_per_object" in by:
-        ratios["select_per_object_over_reconcile"] = by["select_per_object"]["wall"] / by["reconcile"]["wall"]
+        ratios["select_per_object_over_reconcile"] = (
+            by["select_per_object"]["wall"] / by["reconcile"]["wall"]
+        )
     print()
     targets = {"reconcile_over_listing": ("<=", 1.3), "head_per_row_over_reconcile": (">=", 5.0)}
     for name, value in ratios.items():
@@ -540,14 +670,18 @@ def print_table(results: list[dict], n: int, expected: dict) -> dict:
         print(f"{name:<34}{value:>7.2f}x{verdict}")
     if "reconcile" in by:
         bpo = by["reconcile"]["bytes_per_object"]
-        print(f"{'reconcile bytes/object':<34}{bpo:>7.0f}    target < 300: {'met' if bpo < 300 else 'MISSED'}")
+        print(
+            f"{'reconcile bytes/object':<34}{bpo:>7.0f}    target < 300: {'met' if bpo < 300 else 'MISSED'}"
+        )
     print()
     print("findings by kind (expected from the planted drift):")
     kinds = list(expected)
     print(f"  {'kind':<24}{'expected':>9}" + "".join(f"{r['design'][:17]:>19}" for r in results))
     for kind in kinds:
-        cells = "".join(f"{_fmt((r.get('by_kind') or {}).get(kind, 0) if r.get('by_kind') is not None else None, ','):>19}"
-                        for r in results)
+        cells = "".join(
+            f"{_fmt((r.get('by_kind') or {}).get(kind, 0) if r.get('by_kind') is not None else None, ','):>19}"
+            for r in results
+        )
         print(f"  {kind:<24}{expected[kind]:>9,}{cells}")
     return ratios
 
@@ -581,17 +715,24 @@ def parent_main(args) -> None:
         expected = world["expected"]
         key_lengths = [len(k) for k, _ in world["objects"]]
         del world
-        print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, moto at {endpoint}")
-        print(f"seeded {n_objects:,} objects (keys {min(key_lengths)}-{max(key_lengths)} chars, "
-              f"mean {sum(key_lengths) / n_objects:.0f}) in {seed_s:.1f} s and {sum(rows.values()):,} rows "
-              f"{rows} in {sqlite_s:.1f} s (data built in {build_s:.1f} s)")
+        print(
+            f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, moto at {endpoint}"
+        )
+        print(
+            f"seeded {n_objects:,} objects (keys {min(key_lengths)}-{max(key_lengths)} chars, "
+            f"mean {sum(key_lengths) / n_objects:.0f}) in {seed_s:.1f} s and {sum(rows.values()):,} rows "
+            f"{rows} in {sqlite_s:.1f} s (data built in {build_s:.1f} s)"
+        )
         print(f"planted drift: {sum(expected.values()):,} findings expected {expected}")
         results = []
         for design in designs:
             print(f"running {design} ...", flush=True)
             r = run_design(design, args, endpoint, db)
-            print(f"  {design}: {r['wall']:.1f} s, {r['requests']:,} requests, findings {r.get('findings')}, "
-                  f"peak {(r['peak'] - r['baseline']) / 2**20:.1f} MB above baseline", flush=True)
+            print(
+                f"  {design}: {r['wall']:.1f} s, {r['requests']:,} requests, findings {r.get('findings')}, "
+                f"peak {(r['peak'] - r['baseline']) / 2**20:.1f} MB above baseline",
+                flush=True,
+            )
             results.append(r)
         ratios = print_table(results, n_objects, expected)
     server.stop()
@@ -612,10 +753,16 @@ def parent_main(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=100_000, help="objects in the bucket (default 100,000)")
-    parser.add_argument("--designs", default=",".join(DESIGNS), help=f"comma-separated, from {', '.join(DESIGNS)}")
+    parser.add_argument(
+        "--objects", type=int, default=100_000, help="objects in the bucket (default 100,000)"
+    )
+    parser.add_argument(
+        "--designs", default=",".join(DESIGNS), help=f"comma-separated, from {', '.join(DESIGNS)}"
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--concurrency", type=int, default=8, help="reconcile's listing concurrency (default 8)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="reconcile's listing concurrency (default 8)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--worker", choices=DESIGNS, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
