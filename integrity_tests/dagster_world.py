@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from integrity import schema
 from integrity.storage import LocalStorage
 from integrity.storage.base import ObjectStore
+from integrity_tests.world import World
 
 TENANTS = ["org-1", "org-2", "proj-1"]
 
@@ -55,14 +55,10 @@ EXPECTED: dict[str, tuple[dict[str, int], int, int]] = {
 }
 
 
-def _naive(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
-
-
 def plant_drift(store: ObjectStore, engine: sa.Engine) -> None:
     """Write the rows and objects; local objects get an mtime two hours back (past min_age)."""
     now = datetime.now(timezone.utc)
-    two_hours_ago, two_days_ago = _naive(now - timedelta(hours=2)), _naive(now - timedelta(days=2))
+    two_days = timedelta(days=2)
     keys = [
         "documents/org-1/ok.pdf",
         "documents/org-1/orphan.pdf",  # orphan_object
@@ -79,76 +75,14 @@ def plant_drift(store: ObjectStore, engine: sa.Engine) -> None:
         if isinstance(store, LocalStorage):
             old = (now - timedelta(hours=2)).timestamp()
             os.utime(store.root.joinpath(*key.split("/")), (old, old))
-    with engine.begin() as conn:
-        for row in (
-            ("d-ok", "org-1", "documents/org-1/ok.pdf"),
-            ("d-missing", "org-1", "documents/org-1/missing.pdf"),  # missing_original
-        ):
-            conn.execute(
-                schema.documents.insert().values(
-                    id=row[0],
-                    organization_id=row[1],
-                    r2_key=row[2],
-                    status="complete",
-                    created_at=two_hours_ago,
-                    updated_at=two_hours_ago,
-                )
-            )
-        conn.execute(
-            schema.processing_jobs.insert().values(
-                object_key="documents/org-1/stuck.pdf",
-                status="processing",
-                started_at=two_days_ago,
-                updated_at=two_days_ago,
-            )
-        )
-        conn.execute(
-            schema.images.insert(),
-            [
-                dict(
-                    id="img-ok",
-                    project_id="proj-1",
-                    status="ready",
-                    original_url="images/proj-1/a.jpg",
-                    staged_url="images/proj-1/a-staged.jpg",
-                    updated_at=two_hours_ago,
-                ),
-                dict(
-                    id="img-staged",
-                    project_id="proj-1",
-                    status="ready",
-                    original_url="images/proj-1/b.jpg",
-                    staged_url="images/proj-1/b-staged.jpg",
-                    updated_at=two_hours_ago,
-                ),
-                # foreign_reference: another bucket, never counted as missing
-                dict(
-                    id="img-foreign",
-                    project_id="proj-1",
-                    status="queued",
-                    original_url="s3://elsewhere/x.jpg",
-                    staged_url=None,
-                    updated_at=two_hours_ago,
-                ),
-                # status error: skipped although its original is missing
-                dict(
-                    id="img-error",
-                    project_id="proj-1",
-                    status="error",
-                    original_url="images/proj-1/gone.jpg",
-                    staged_url=None,
-                    updated_at=two_hours_ago,
-                ),
-            ],
-        )
-        conn.execute(
-            schema.plans.insert().values(
-                plan_id="plan-1",
-                organization_id="org-1",
-                project_id="p",
-                status="processing",
-                completed_pages=1,
-                total_pages=3,
-                updated_at=two_hours_ago,
-            )
-        )
+    world = World(engine, store, base=now)
+    world.document("d-ok", "documents/org-1/ok.pdf")
+    world.document("d-missing", "documents/org-1/missing.pdf")  # missing_original
+    world.job("documents/org-1/stuck.pdf", "processing", started_ago=two_days, updated_ago=two_days)
+    world.image("img-ok", "images/proj-1/a.jpg", "images/proj-1/a-staged.jpg")
+    world.image("img-staged", "images/proj-1/b.jpg", "images/proj-1/b-staged.jpg")
+    # foreign_reference: another bucket, never counted as missing
+    world.image("img-foreign", "s3://elsewhere/x.jpg", status="queued")
+    # status error: skipped although its original is missing
+    world.image("img-error", "images/proj-1/gone.jpg", status="error")
+    world.plan("plan-1", completed=1, total=3, project="p")
