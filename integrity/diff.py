@@ -94,6 +94,8 @@ class ReconciliationReport:
     generated_at: datetime
     options: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    table_rows: dict[str, int] = field(default_factory=dict)
+    """Rows read per database table, the denominator of remediation's circuit breaker."""
 
     def counts(self) -> dict[str, int]:
         present = self.findings["kind"].value_counts()
@@ -142,6 +144,7 @@ class ReconciliationReport:
             "generated_at": self.generated_at.isoformat(),
             "options": self.options,
             "timings": self.timings,
+            "table_rows": self.table_rows,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -490,4 +493,19 @@ def diff_inventories(
         generated_at=now.to_pydatetime(),
         options=options.to_dict(),
         timings={"list_seconds": storage.seconds, "read_seconds": db.seconds},
+        table_rows=_table_rows(db, spec),
     )
+
+
+def _table_rows(db: DatabaseInventory, spec: ReconciliationSpec) -> dict[str, int]:
+    """Rows read per database table name (the names findings carry in their `table` column)."""
+    names = {name: t.table for name, t in spec.tables.items()}
+    if spec.jobs is not None:
+        names[JOBS] = spec.jobs.table
+    if spec.plans is not None:
+        names[PLANS] = spec.plans.table
+    rows: dict[str, int] = {}
+    for name, frame in db.tables.items():
+        table = names.get(name, name)
+        rows[table] = rows.get(table, 0) + len(frame)
+    return rows

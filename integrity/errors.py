@@ -21,3 +21,11 @@ class DatabaseError(IntegrityError):
 
 class UsageError(IntegrityError):
     """A bad flag or option value."""
+
+
+class QueueError(IntegrityError):
+    """The work queue cannot be reached or a message could not be sent."""
+
+
+class RemediationRefused(IntegrityError):
+    """Remediation will not write: an incomplete report, a tripped circuit breaker, no opt-in."""

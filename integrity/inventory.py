@@ -475,7 +475,7 @@ def read_database(
                 tables[read.name] = pa.Table.from_batches(batches, schema=schema).to_pandas()
                 break
             except sa.exc.DBAPIError as exc:
-                if attempt < attempts and (exc.connection_invalidated or _is_transient(exc)):
+                if attempt < attempts and (exc.connection_invalidated or is_transient(exc)):
                     time.sleep(0.2 * 2 ** (attempt - 1))
                     continue
                 reason = db_error_reason(exc)
@@ -489,7 +489,8 @@ def read_database(
     )
 
 
-def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+def is_transient(exc: sa.exc.DBAPIError) -> bool:
+    """A lock, timeout or lost connection: worth another attempt."""
     text = str(getattr(exc, "orig", exc)).lower()
     return any(
         s in text

@@ -114,6 +114,9 @@ class JobsSpec(_Model):
     error: str = "error"
     requeue_statuses: list[str] = Field(default_factory=lambda: ["not_started", "failed"])
     processing_statuses: list[str] = Field(default_factory=lambda: ["processing"])
+    not_started_status: str = Field(
+        default="not_started", description="The status remediation resets a re-queued job to."
+    )
 
     @field_validator("table", "key", "status", "attempts", "started_at", "updated_at", "error")
     @classmethod
@@ -132,16 +135,32 @@ class PlansSpec(_Model):
     completed: str = "completed_pages"
     total: str = "total_pages"
     updated_at: str = "updated_at"
+    completed_at: str | None = "completed_at"
+    reconciled: str | None = "reconciled"
+    reconciled_at: str | None = "reconciled_at"
+    complete_status: str = Field(
+        default="complete", description="The status of a plan whose every page is in storage."
+    )
     skip_statuses: list[str] = Field(default_factory=lambda: ["error"])
     sheets_prefix: str = "organizations/{tenant}/projects/{project}/plans/{plan}/sheets/"
     descriptor_suffix: str = ".dzi"
 
     @field_validator(
-        "table", "id", "tenant", "project", "status", "completed", "total", "updated_at"
+        "table",
+        "id",
+        "tenant",
+        "project",
+        "status",
+        "completed",
+        "total",
+        "updated_at",
+        "completed_at",
+        "reconciled",
+        "reconciled_at",
     )
     @classmethod
-    def _identifiers(cls, v: str) -> str:
-        return _identifier(v)
+    def _identifiers(cls, v: str | None) -> str | None:
+        return None if v is None else _identifier(v)
 
     @field_validator("sheets_prefix")
     @classmethod

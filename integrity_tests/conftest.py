@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from integrity import ledger
 from integrity.schema import create_reference_schema, drop_reference_schema
 
 POSTGRES_URL = os.environ.get("INTEGRITY_TEST_POSTGRES_URL")
@@ -53,6 +54,20 @@ def bucket(s3_client) -> str:
 
 
 @pytest.fixture
+def sqs_client(moto_endpoint: str):
+    """A boto3 SQS client on the same moto server."""
+    import boto3
+
+    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def sqs_queue_url(sqs_client) -> str:
+    """A fresh SQS queue for each test."""
+    return sqs_client.create_queue(QueueName=f"integrity-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+
+
+@pytest.fixture
 def sqlite_engine(tmp_path) -> Iterator[sa.Engine]:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'integrity.sqlite'}")
     create_reference_schema(engine)
@@ -65,9 +80,11 @@ def postgres_engine() -> Iterator[sa.Engine]:
     if not POSTGRES_URL:
         pytest.skip("INTEGRITY_TEST_POSTGRES_URL is not set")
     engine = sa.create_engine(POSTGRES_URL)
+    ledger.metadata.drop_all(engine)
     drop_reference_schema(engine)
     create_reference_schema(engine)
     yield engine
+    ledger.metadata.drop_all(engine)
     drop_reference_schema(engine)
     engine.dispose()
 

@@ -1,0 +1,128 @@
+"""The tables integrity writes itself: remediation runs, the audit trail and the work queue.
+
+They live in the same database as the rows they describe, so a status change, its audit record
+and its queue entry commit in one transaction or not at all. They are created on the first
+write (never by a dry run) and never dropped by integrity.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+RUNS_TABLE = "integrity_remediation_runs"
+AUDIT_TABLE = "integrity_audit"
+QUEUE_TABLE = "integrity_queue"
+
+remediation_runs = sa.Table(
+    RUNS_TABLE,
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # remediate | rollback
+    sa.Column("target_run_id", sa.String(64)),  # the run a rollback undoes
+    sa.Column("scope", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),  # running | completed | failed
+    sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("counts", sa.Text),
+)
+
+audit = sa.Table(
+    AUDIT_TABLE,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(64)),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("key_column", sa.Text, nullable=False),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("object_key", sa.Text),
+    sa.Column("before", sa.Text),  # JSON of the changed columns; NULL: the row did not exist
+    sa.Column("after", sa.Text),  # JSON of the changed columns; NULL: the row was removed
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rolled_back_by", sa.String(64)),
+)
+
+queue = sa.Table(
+    QUEUE_TABLE,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("backend", sa.String(16), nullable=False),  # table | sqs
+    # pending: waiting (table) or not yet sent (sqs); sent: in SQS; taken: picked by a worker
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("message_id", sa.Text),
+    sa.Column("taken_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_integrity_queue_key_state", "object_key", "state"),
+)
+
+WAITING_STATES = ("pending", "sent")
+
+
+def create_ledger(engine: sa.Engine) -> None:
+    """Create integrity's own tables if they are missing (only ever on a write path)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def ledger_exists(conn: sa.Connection) -> bool:
+    return sa.inspect(conn).has_table(AUDIT_TABLE)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------- audit values
+#
+# Before and after values are stored as JSON. Timestamps keep their type (so a rollback writes
+# back a timestamp, not a string), and a value read raw from the driver (SQLite's text
+# timestamps) is kept as it was, so restoring it writes back exactly what was there.
+
+_DATETIME = "$datetime"
+_DATE = "$date"
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, date):
+        return {_DATE: value.isoformat()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _encode(value.item())
+    return str(value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _DATETIME in value:
+            return datetime.fromisoformat(value[_DATETIME])
+        if _DATE in value:
+            return date.fromisoformat(value[_DATE])
+    return value
+
+
+def dump_values(values: dict[str, Any] | None) -> str | None:
+    if values is None:
+        return None
+    return json.dumps({k: _encode(v) for k, v in values.items()}, sort_keys=True)
+
+
+def load_values(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    return {k: _decode(v) for k, v in json.loads(text).items()}

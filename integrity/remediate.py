@@ -1,0 +1,1194 @@
+"""Remediation: apply a reconciliation report to the database, safely, audited and reversibly.
+
+Per finding kind: rows whose object is missing are marked `error`; unprocessed uploads get a
+`not_started` job and a queue entry; stuck jobs go back to `not_started` with one more attempt
+and a queue entry; plans behind their storage get their progress counters corrected.
+
+The order of safety, for every batch of at most `batch_size` findings:
+1. a report that is incomplete is refused, and so is a plan the circuit breaker trips on;
+2. storage is checked again for the batch's objects (an object may have arrived);
+3. one transaction takes the write lock, re-reads the rows, and changes only those whose status
+   and `updated_at` are still what the inventory saw (the others are `skipped_changed`);
+4. the same transaction writes the audit records and the queue entries, then commits.
+A crash leaves whole batches applied or not at all; a second run finds nothing left to do.
+Objects are never deleted. Rollback restores the audited before values of rows not changed
+since, conditionally like the forward path, and audits itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from integrity import settings
+from integrity.diff import ACTION_KINDS, ACTIONS, FINDING_KINDS, ReconciliationReport
+from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
+from integrity.inventory import ALL_TENANTS, db_error_reason, is_transient, safe_url
+from integrity.keys import resolve_references
+from integrity.ledger import (
+    audit,
+    create_ledger,
+    dump_values,
+    ledger_exists,
+    load_values,
+    queue,
+    remediation_runs,
+    utcnow,
+)
+from integrity.queue import QueueEntry, TableQueue, WorkQueue
+from integrity.spec import ReconciliationSpec
+from integrity.storage.base import ObjectStore
+
+ALLOW_WRITES_ENV = settings.ENV_ALLOW_WRITES
+COMPLETED_MSG = "reconcile: completed"
+BATCH_ATTEMPTS = 3
+
+COUNT_NAMES = (
+    "marked_error",
+    "progress_fixed",
+    "jobs_created",
+    "jobs_reset",
+    "retried",
+    "requeued",
+    "already_queued",
+    "skipped_changed",
+    "skipped_present",
+    "skipped_gone",
+    "skipped_unverified",
+)
+UPDATE_COUNTS = ("marked_error", "progress_fixed", "jobs_created", "jobs_reset", "retried")
+
+
+def writes_allowed(environ: dict[str, str] | None = None) -> bool:
+    """The database owner's opt-in: INTEGRITY_ALLOW_WRITES=1 in the environment of the run."""
+    return (environ if environ is not None else os.environ).get(ALLOW_WRITES_ENV) == "1"
+
+
+@dataclass(frozen=True)
+class RemediationOptions:
+    """What to act on and how carefully (the Dagster config and the CLI flags map onto this)."""
+
+    dry_run: bool = True
+    kinds: tuple[str, ...] = ACTION_KINDS
+    tenant: str | None = None
+    status: str | None = None
+    batch_size: int = 100
+    concurrency: int = 5
+    limit: int | None = None
+    max_change_ratio: float = 0.2
+    force: bool = False
+    pause: float = 0.0
+    """Seconds to wait between batches, to spread the load on a busy database."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(FINDING_KINDS))
+        if unknown:
+            raise SpecError(
+                f"kinds: unknown finding kind {unknown[0]!r} (one of {', '.join(ACTION_KINDS)})"
+            )
+        report_only = sorted(set(self.kinds) - set(ACTION_KINDS))
+        if report_only:
+            raise SpecError(f"kinds: {report_only[0]!r} is reported only; nothing acts on it")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size: must be at least 1, not {self.batch_size}")
+        if self.concurrency < 1:
+            raise SpecError(f"concurrency: must be at least 1, not {self.concurrency}")
+        if self.limit is not None and self.limit < 0:
+            raise SpecError(f"limit: must not be negative, not {self.limit}")
+        if not 0 <= self.max_change_ratio <= 1:
+            raise SpecError(
+                f"max_change_ratio: must be between 0 and 1, not {self.max_change_ratio}"
+            )
+        if self.pause < 0:
+            raise SpecError(f"pause: must not be negative, not {self.pause}")
+
+
+@dataclass
+class RemediationResult:
+    """What a run did (or, in a dry run, would do): counts by outcome, batches, timing."""
+
+    run_id: str
+    dry_run: bool
+    scope: str
+    planned: dict[str, int]
+    counts: Counter = field(default_factory=Counter)
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def updated(self) -> int:
+        return sum(self.counts[name] for name in UPDATE_COUNTS)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "planned": self.planned,
+            "updated": self.updated,
+            "requeued": self.counts["requeued"],
+            "skipped_changed": self.counts["skipped_changed"],
+            **{name: self.counts[name] for name in COUNT_NAMES if name not in ("requeued",)},
+            "batches": self.batches,
+        }
+
+
+def completed_record(
+    report: ReconciliationReport | None, result: RemediationResult | None, **extra: Any
+) -> dict[str, Any]:
+    """The one structured log line a run ends with: `"msg": "reconcile: completed"` and counts."""
+    record: dict[str, Any] = {
+        "time": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "level": "INFO",
+        "msg": COMPLETED_MSG,
+    }
+    if report is not None:
+        record.update(
+            scope=report.scope,
+            complete=report.complete,
+            checked=report.rows_checked,
+            objects_checked=report.objects_checked,
+            **report.counts(),
+        )
+    if result is not None:
+        record.update(
+            run_id=result.run_id,
+            updated=result.updated,
+            requeued=result.counts["requeued"],
+            skipped_changed=result.counts["skipped_changed"],
+            dry_run=result.dry_run,
+        )
+    else:
+        record.update(updated=0, requeued=0, skipped_changed=0, dry_run=True)
+    record.update(extra)
+    return record
+
+
+def completed_line(report: ReconciliationReport | None, result: RemediationResult | None) -> str:
+    return json.dumps(completed_record(report, result), ensure_ascii=False, default=str)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_remediation(report: ReconciliationReport, options: RemediationOptions) -> pd.DataFrame:
+    """The findings to act on, in report order, after the safety refusals and the filters.
+
+    Refuses an incomplete report, and trips the circuit breaker when `mark_error` would hit
+    more than `max_change_ratio` of a table's checked rows (unless `force`).
+    """
+    if not report.complete:
+        raise RemediationRefused(
+            f"the report for {report.scope} is incomplete, so nothing is changed: "
+            + ("; ".join(report.reasons) or "reason unknown")
+            + ". Fix the cause and reconcile again."
+        )
+    findings = report.findings
+    selected = findings.loc[findings["kind"].isin(options.kinds) & (findings["action"] != "none")]
+    if options.tenant not in (None, "", ALL_TENANTS):
+        selected = selected.loc[selected["tenant"] == options.tenant]
+    if options.status is not None:
+        selected = selected.loc[selected["status"] == options.status]
+    _circuit_breaker(report, selected, options)
+    if options.limit is not None:
+        selected = selected.head(options.limit)
+    return selected.reset_index(drop=True)
+
+
+def _circuit_breaker(
+    report: ReconciliationReport, selected: pd.DataFrame, options: RemediationOptions
+) -> None:
+    marks = selected.loc[selected["action"] == "mark_error"]
+    if marks.empty:
+        return
+    for table, rows in marks.groupby("table", sort=True):
+        hit = rows["row_id"].nunique()
+        checked = report.table_rows.get(table) or report.rows_checked or hit
+        ratio = hit / checked
+        if ratio <= options.max_change_ratio:
+            continue
+        message = (
+            f"circuit breaker: marking {hit:,} of {checked:,} rows of {table} as error "
+            f"({ratio:.0%}) is above max_change_ratio {options.max_change_ratio:g}. "
+            f"This is the usual sign of a wrong bucket, endpoint or prefix (the report checked "
+            f"{report.objects_checked:,} objects in {report.bucket}): check the storage "
+            "configuration; if the objects really are gone, run again with force"
+        )
+        if options.force:
+            continue
+        raise RemediationRefused(message)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _timestamp(value: Any) -> pd.Timestamp | None:
+    """A stored timestamp (a datetime, or SQLite's text) as UTC; naive values are UTC."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    try:
+        ts = (
+            pd.Timestamp(value)
+            if not isinstance(value, str)
+            else pd.to_datetime(value, format="ISO8601")
+        )
+    except (ValueError, TypeError):
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _same(a: Any, b: Any, *, timestamp: bool = False) -> bool:
+    if timestamp:
+        return _timestamp(a) == _timestamp(b)
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) == bool(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return str(a) == str(b)
+
+
+def _raw(value: Any) -> sa.BindParameter[Any]:
+    """A value bound exactly as the driver returned it (no type processing)."""
+    return sa.bindparam(None, value, type_=sa.types.NullType())
+
+
+def _tuple_match(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sa.ColumnElement[bool]:
+    """Rows whose columns hold exactly these raw values (NULLs matched with IS NULL)."""
+    plain = [r for r in rows if all(v is not None for v in r)]
+    clauses: list[sa.ColumnElement[bool]] = []
+    if plain:
+        clauses.append(sa.tuple_(*[sa.column(c) for c in columns]).in_([tuple(r) for r in plain]))
+    for r in rows:
+        if any(v is None for v in r):
+            clauses.append(
+                sa.and_(
+                    *[
+                        sa.column(c).is_(None) if v is None else sa.column(c) == _raw(v)
+                        for c, v in zip(columns, r)
+                    ]
+                )
+            )
+    return sa.or_(*clauses) if clauses else sa.false()
+
+
+def _table(name: str, columns: Iterable[str] = ()) -> sa.TableClause:
+    """A lightweight table clause naming the columns a statement writes."""
+    schema, _, table = name.rpartition(".")
+    return sa.table(table, *[sa.column(c) for c in columns], schema=schema or None)
+
+
+@dataclass(frozen=True)
+class _TableColumns:
+    """A table's columns that remediation reads and writes, and whether its timestamps carry a zone."""
+
+    table: str
+    key: str
+    status: str
+    updated_at: str
+    other: tuple[str, ...]
+    timestamps: frozenset[str]
+    aware: frozenset[str]
+
+    @property
+    def read(self) -> list[str]:
+        return [self.key, self.status, self.updated_at, *self.other]
+
+    def now(self, column: str, now: datetime) -> datetime:
+        return now if column in self.aware else now.replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Conflict(Exception):
+    """A row changed between the batch's read and its write: the batch is rolled back."""
+
+
+@dataclass
+class _Context:
+    engine: sa.Engine
+    spec: ReconciliationSpec
+    store: ObjectStore
+    queue: WorkQueue
+    options: RemediationOptions
+    run_id: str
+    now: Callable[[], datetime]
+    columns: dict[str, _TableColumns]
+    counts: Counter
+
+
+def _inspect_columns(
+    engine: sa.Engine,
+    table: str,
+    key: str,
+    status: str,
+    updated_at: str,
+    other: Iterable[str | None],
+) -> _TableColumns:
+    wanted = [key, status, updated_at, *[c for c in other if c]]
+    schema, _, name = table.rpartition(".")
+    try:
+        found = {
+            c["name"]: c["type"]
+            for c in sa.inspect(engine).get_columns(name, schema=schema or None)
+        }
+    except sa.exc.NoSuchTableError:
+        raise SpecError(f"table {table!r} not found in {safe_url(engine.url)}") from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot read database {safe_url(engine.url)}: {db_error_reason(exc)}"
+        ) from None
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise SpecError(
+            f"column {missing[0]!r} not found in table {table!r}, which remediation writes"
+        )
+    timestamps = {
+        c for c in wanted if isinstance(found[c], (sa.DateTime, sa.TIMESTAMP)) or c == updated_at
+    }
+    aware = {c for c in timestamps if getattr(found[c], "timezone", False)}
+    return _TableColumns(
+        table, key, status, updated_at, tuple(wanted[3:]), frozenset(timestamps), frozenset(aware)
+    )
+
+
+def _columns_for(
+    engine: sa.Engine, spec: ReconciliationSpec, plan: pd.DataFrame
+) -> dict[str, _TableColumns]:
+    """Check that every column the plan writes exists, before anything is written."""
+    columns: dict[str, _TableColumns] = {}
+    for action, table in plan[["action", "table"]].drop_duplicates().itertuples(index=False):
+        if table in columns:
+            continue
+        if action == "mark_error":
+            t = _table_spec(spec, table)
+            columns[table] = _inspect_columns(
+                engine, table, t.id, t.status, t.updated_at, [t.error]
+            )
+        elif action in ("requeue", "retry"):
+            j = spec.jobs
+            if j is None:
+                raise SpecError("jobs: the spec has no jobs table, so nothing can be re-queued")
+            columns[table] = _inspect_columns(
+                engine, table, j.key, j.status, j.updated_at, [j.attempts, j.error]
+            )
+        elif action == "fix_progress":
+            p = spec.plans
+            if p is None:
+                raise SpecError("plans: the spec has no plans table")
+            columns[table] = _inspect_columns(
+                engine,
+                table,
+                p.id,
+                p.status,
+                p.updated_at,
+                [p.completed, p.total, p.completed_at, p.reconciled, p.reconciled_at],
+            )
+    return columns
+
+
+def _table_spec(spec: ReconciliationSpec, table: str):
+    for t in spec.tables.values():
+        if t.table == table:
+            return t
+    raise SpecError(f"table {table!r} of the report is not in the spec")
+
+
+def remediate(
+    report: ReconciliationReport,
+    engine: sa.Engine,
+    spec: ReconciliationSpec,
+    store: ObjectStore,
+    options: RemediationOptions | None = None,
+    *,
+    work_queue: WorkQueue | None = None,
+    run_id: str | None = None,
+    environ: dict[str, str] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> RemediationResult:
+    """Apply (or, by default, dry-run) the report's findings, one transaction per batch."""
+    options = options or RemediationOptions()
+    if not options.dry_run and not writes_allowed(environ):
+        raise RemediationRefused(
+            f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
+            "environment of the run to apply changes (or leave dry_run on)"
+        )
+    started = time.perf_counter()
+    plan = plan_remediation(report, options)
+    run_id = run_id or uuid.uuid4().hex
+    work_queue = work_queue or TableQueue()
+    planned = {
+        action: int((plan["action"] == action).sum())
+        for action in dict.fromkeys(ACTIONS[k] for k in ACTION_KINDS)
+    }
+    result = RemediationResult(run_id, options.dry_run, report.scope, planned)
+    if plan.empty:
+        result.seconds = time.perf_counter() - started
+        return result
+    columns = _columns_for(engine, spec, plan)
+    if plan["action"].isin(["requeue", "retry"]).any():
+        work_queue.check_access()
+    ctx = _Context(engine, spec, store, work_queue, options, run_id, utcnow, columns, result.counts)
+
+    if not options.dry_run:
+        create_ledger(engine)
+        _start_run(engine, run_id, "remediate", report.scope, None)
+        work_queue.flush(engine)  # what a crashed run committed but did not send
+    batches = list(_batches(plan, options.batch_size))
+    try:
+        for number, batch in enumerate(batches, start=1):
+            if number > 1 and options.pause:
+                time.sleep(options.pause)
+            _run_batch(ctx, batch, number, len(batches), bucket=report.bucket)
+            result.batches = number
+            if not options.dry_run:
+                work_queue.flush(engine)
+            if on_batch is not None:
+                on_batch(number, len(batches))
+    except BaseException:
+        if not options.dry_run:
+            _finish_run(engine, run_id, "failed", result)
+        raise
+    result.seconds = time.perf_counter() - started
+    if not options.dry_run:
+        _finish_run(engine, run_id, "completed", result)
+    return result
+
+
+def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
+    """Chunks of one action on one table each, in plan order."""
+    order = plan.assign(_group=plan["action"] + "\0" + plan["table"].fillna(""))
+    for _, group in order.groupby("_group", sort=False):
+        group = group.drop(columns="_group")
+        for start in range(0, len(group), size):
+            yield group.iloc[start : start + size]
+
+
+def _start_run(
+    engine: sa.Engine, run_id: str, kind: str, scope: str | None, target: str | None
+) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(remediation_runs.c.run_id).where(remediation_runs.c.run_id == run_id)
+        ).first()
+        values = {"state": "running", "updated_at": now, "finished_at": None}
+        if exists:
+            conn.execute(
+                remediation_runs.update()
+                .where(remediation_runs.c.run_id == run_id)
+                .values(**values)
+            )
+        else:
+            conn.execute(
+                remediation_runs.insert().values(
+                    run_id=run_id,
+                    kind=kind,
+                    scope=scope,
+                    target_run_id=target,
+                    started_at=now,
+                    batches=0,
+                    **values,
+                )
+            )
+
+
+def _finish_run(
+    engine: sa.Engine, run_id: str, state: str, result: RemediationResult | Any
+) -> None:
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                remediation_runs.update()
+                .where(remediation_runs.c.run_id == run_id)
+                .values(
+                    state=state,
+                    updated_at=utcnow(),
+                    finished_at=utcnow(),
+                    counts=json.dumps(result.summary()),
+                )
+            )
+    except sa.exc.SQLAlchemyError:
+        pass  # the batches are what matter; a lost connection here must not hide the real error
+
+
+def _lock_batch(conn: sa.Connection, run_id: str) -> None:
+    """The batch's first statement is a write, so SQLite takes its write lock before the rows
+    are re-read (PostgreSQL locks the rows themselves with FOR UPDATE)."""
+    conn.execute(
+        remediation_runs.update()
+        .where(remediation_runs.c.run_id == run_id)
+        .values(batches=remediation_runs.c.batches + 1, updated_at=utcnow())
+    )
+
+
+def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, bucket: str) -> None:
+    action = batch["action"].iloc[0]
+    table = batch["table"].iloc[0]
+    verified = _recheck_storage(ctx, batch, action)
+    if verified.empty:
+        return
+    handler = _HANDLERS[action]
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        counts: Counter = Counter()
+        try:
+            if ctx.options.dry_run:
+                with ctx.engine.connect() as conn:
+                    handler(ctx, conn, verified, counts, bucket)
+                    conn.rollback()
+            else:
+                with ctx.engine.begin() as conn:
+                    _lock_batch(conn, ctx.run_id)
+                    handler(ctx, conn, verified, counts, bucket)
+            ctx.counts.update(counts)
+            return
+        except (_Conflict, sa.exc.IntegrityError):
+            if attempt < BATCH_ATTEMPTS:
+                continue
+            reason = "rows kept changing while the batch was written"
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            reason = db_error_reason(exc)
+        raise DatabaseError(
+            f"batch {number} of {total} ({action} on {table}) was not applied: {reason}. "
+            f"{number - 1} earlier batches are applied and audited; run again to finish"
+        )
+
+
+# --------------------------------------------------------------------------- storage re-check
+
+
+def _recheck_storage(ctx: _Context, batch: pd.DataFrame, action: str) -> pd.DataFrame:
+    """Right before writing, look at the batch's objects again (concurrently, `concurrency` at a time).
+
+    mark_error keeps rows whose object is still absent in every spelling; requeue and retry keep
+    objects that still exist. An object whose state cannot be confirmed is left alone.
+    """
+    if action == "fix_progress":
+        return batch
+    if action == "mark_error":
+        parsed = resolve_references(batch["reference"], ctx.store.bucket)
+        candidates = [
+            [k for k in (key, alt) if isinstance(k, str)]
+            for key, alt in zip(parsed["key"], parsed["alternative"])
+        ]
+    else:
+        candidates = [[k] for k in batch["key"]]
+
+    def exists(keys: list[str]) -> bool | None:
+        try:
+            return any(ctx.store.head(k) is not None for k in keys)
+        except IntegrityError:
+            return None
+
+    with ThreadPoolExecutor(
+        max_workers=ctx.options.concurrency, thread_name_prefix="recheck"
+    ) as pool:
+        found = list(pool.map(exists, candidates))
+    present = pd.Series([f is True for f in found], index=batch.index)
+    unknown = pd.Series([f is None for f in found], index=batch.index)
+    ctx.counts["skipped_unverified"] += int(unknown.sum())
+    if action == "mark_error":
+        ctx.counts["skipped_present"] += int(present.sum())
+        return batch.loc[~present & ~unknown]
+    gone = ~present & ~unknown
+    ctx.counts["skipped_gone"] += int(gone.sum())
+    return batch.loc[present]
+
+
+# --------------------------------------------------------------------------- per action
+
+
+def _read_current(
+    ctx: _Context, conn: sa.Connection, cols: _TableColumns, keys: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The batch's rows as they are now, raw, locked for update where the database can."""
+    query = (
+        sa.select(*[sa.column(c) for c in cols.read])
+        .select_from(_table(cols.table))
+        .where(sa.column(cols.key).in_(list(keys)))
+    )
+    if not ctx.options.dry_run:
+        query = query.with_for_update()
+    current: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(query).mappings():
+        current[str(row[cols.key])] = dict(row)
+    return current
+
+
+def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) -> bool:
+    """The row still has the status and updated_at the inventory saw."""
+    if row is None:
+        return finding.status is None
+    if finding.status is None:
+        return False
+    return _same(row[cols.status], finding.status) and _same(
+        row[cols.updated_at],
+        None if pd.isna(finding.updated_at) else finding.updated_at,
+        timestamp=True,
+    )
+
+
+def _update(
+    conn: sa.Connection,
+    cols: _TableColumns,
+    rows: list[dict[str, Any]],
+    values: dict[str, Any],
+) -> None:
+    """One conditional UPDATE for rows sharing the new values; every row must still match."""
+    if not rows:
+        return
+    condition = _tuple_match(
+        [cols.key, cols.status, cols.updated_at],
+        [(r[cols.key], r[cols.status], r[cols.updated_at]) for r in rows],
+    )
+    statement = sa.update(_table(cols.table, values)).where(condition).values(values)
+    if conn.execute(statement).rowcount != len(rows):
+        raise _Conflict()
+
+
+def _typed_now(cols: _TableColumns, column: str, now: datetime) -> sa.BindParameter[Any]:
+    return sa.bindparam(
+        None, cols.now(column, now), type_=sa.DateTime(timezone=column in cols.aware)
+    )
+
+
+def _audit(
+    conn: sa.Connection,
+    ctx: _Context,
+    records: list[dict[str, Any]],
+) -> None:
+    if records:
+        conn.execute(
+            audit.insert(), [{"run_id": ctx.run_id, "at": ctx.now(), **r} for r in records]
+        )
+
+
+def _mark_error(
+    ctx: _Context, conn: sa.Connection, batch: pd.DataFrame, counts: Counter, bucket: str
+) -> None:
+    table = batch["table"].iloc[0]
+    t = _table_spec(ctx.spec, table)
+    cols = ctx.columns[table]
+    # A row with two missing references is marked once, for the first kind reported.
+    batch = batch.drop_duplicates("row_id", keep="first")
+    current = _read_current(ctx, conn, cols, list(batch["row_id"]))
+    now = ctx.now()
+    groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    for finding in batch.itertuples(index=False):
+        row = current.get(str(finding.row_id))
+        if row is None or not _unchanged(cols, finding, row):
+            counts["skipped_changed"] += 1
+            continue
+        ref = (
+            next(r for r in t.references if r.column == finding.column) if finding.column else None
+        )
+        message = ref.error_message if ref is not None else finding.detail
+        groups.setdefault(message, []).append((finding, row))
+    for message, items in groups.items():
+        counts["marked_error"] += len(items)
+        if ctx.options.dry_run:
+            continue
+        values: dict[str, Any] = {
+            cols.status: t.error_status,
+            cols.updated_at: _typed_now(cols, cols.updated_at, now),
+        }
+        after: dict[str, Any] = {
+            cols.status: t.error_status,
+            cols.updated_at: cols.now(cols.updated_at, now),
+        }
+        if t.error:
+            values[t.error] = message
+            after[t.error] = message
+        _update(conn, cols, [row for _, row in items], values)
+        _audit(
+            conn,
+            ctx,
+            [
+                {
+                    "action": "mark_error",
+                    "kind": finding.kind,
+                    "table_name": table,
+                    "key_column": cols.key,
+                    "row_key": str(row[cols.key]),
+                    "object_key": finding.key,
+                    "before": dump_values({c: row[c] for c in after}),
+                    "after": dump_values(after),
+                }
+                for finding, row in items
+            ],
+        )
+
+
+def _requeue_or_retry(
+    ctx: _Context, conn: sa.Connection, batch: pd.DataFrame, counts: Counter, bucket: str
+) -> None:
+    """Orphans get a not_started job (created or reset); stuck jobs go back with one more attempt.
+    Either way the object is queued, unless it is already waiting in the queue."""
+    j = ctx.spec.jobs
+    assert j is not None
+    table = batch["table"].iloc[0]
+    cols = ctx.columns[table]
+    now = ctx.now()
+    keys = list(batch["key"])
+    current = _read_current(ctx, conn, cols, keys)
+    waiting = ctx.queue.waiting(conn, keys)
+    creates: list[Any] = []
+    resets: list[tuple[Any, dict[str, Any]]] = []
+    retries: list[tuple[Any, dict[str, Any]]] = []
+    queue_only: list[tuple[Any, dict[str, Any]]] = []
+    for finding in batch.itertuples(index=False):
+        row = current.get(finding.key)
+        if not _unchanged(cols, finding, row):
+            counts["skipped_changed"] += 1
+        elif finding.action == "retry":
+            retries.append((finding, row))
+        elif row is None:
+            creates.append(finding)
+        elif row[cols.status] != j.not_started_status:
+            resets.append((finding, row))
+        elif finding.key in waiting:
+            counts["already_queued"] += 1
+        else:
+            queue_only.append((finding, row))
+
+    counts["jobs_created"] += len(creates)
+    counts["jobs_reset"] += len(resets)
+    counts["retried"] += len(retries)
+    to_queue = creates + [f for f, _ in resets + retries + queue_only]
+    fresh = [f for f in to_queue if f.key not in waiting]
+    counts["requeued"] += len(fresh)
+    counts["already_queued"] += len(to_queue) - len(fresh)
+    if ctx.options.dry_run:
+        return
+
+    stamp = cols.now(cols.updated_at, now)
+    records: list[dict[str, Any]] = []
+
+    def record(
+        finding: Any, action: str, before: dict[str, Any] | None, after: dict[str, Any]
+    ) -> None:
+        records.append(
+            {
+                "action": action,
+                "kind": finding.kind,
+                "table_name": table,
+                "key_column": cols.key,
+                "row_key": finding.key,
+                "object_key": finding.key,
+                "before": dump_values(before),
+                "after": dump_values(after),
+            }
+        )
+
+    if creates:
+        new_table = sa.table(
+            _table(table).name,
+            sa.column(cols.key),
+            sa.column(cols.status),
+            sa.column(j.attempts),
+            sa.column(cols.updated_at, sa.DateTime(timezone=cols.updated_at in cols.aware)),
+            schema=_table(table).schema,
+        )
+        conn.execute(
+            sa.insert(new_table),
+            [
+                {
+                    cols.key: f.key,
+                    cols.status: j.not_started_status,
+                    j.attempts: 0,
+                    cols.updated_at: stamp,
+                }
+                for f in creates
+            ],
+        )
+        for f in creates:
+            record(
+                f,
+                "create_job",
+                None,
+                {cols.status: j.not_started_status, j.attempts: 0, cols.updated_at: stamp},
+            )
+    if resets:
+        after = {cols.status: j.not_started_status, cols.updated_at: stamp, j.error: None}
+        _update(
+            conn,
+            cols,
+            [row for _, row in resets],
+            {
+                cols.status: j.not_started_status,
+                cols.updated_at: _typed_now(cols, cols.updated_at, now),
+                j.error: None,
+            },
+        )
+        for f, row in resets:
+            record(f, "reset_job", {c: row[c] for c in after}, after)
+    if retries:
+        _update(
+            conn,
+            cols,
+            [row for _, row in retries],
+            {
+                cols.status: j.not_started_status,
+                j.attempts: sa.func.coalesce(sa.column(j.attempts), 0) + 1,
+                cols.updated_at: _typed_now(cols, cols.updated_at, now),
+            },
+        )
+        for f, row in retries:
+            before = {c: row[c] for c in (cols.status, j.attempts, cols.updated_at)}
+            after = {
+                cols.status: j.not_started_status,
+                j.attempts: (row[j.attempts] or 0) + 1,
+                cols.updated_at: stamp,
+            }
+            record(f, "retry_job", before, after)
+    for f, row in queue_only:
+        same = {c: row[c] for c in (cols.status, cols.updated_at)}
+        record(f, "requeue", same, same)
+    _audit(conn, ctx, records)
+    ctx.queue.add(
+        conn,
+        [QueueEntry(f.key, f.kind) for f in fresh],
+        bucket=bucket,
+        run_id=ctx.run_id,
+        now=now,
+    )
+
+
+def _fix_progress(
+    ctx: _Context, conn: sa.Connection, batch: pd.DataFrame, counts: Counter, bucket: str
+) -> None:
+    """completed = the descriptors found in storage; complete (with completed_at) when all are there."""
+    p = ctx.spec.plans
+    assert p is not None
+    table = batch["table"].iloc[0]
+    cols = ctx.columns[table]
+    current = _read_current(ctx, conn, cols, list(batch["row_id"]))
+    now = ctx.now()
+    stamp = cols.now(cols.updated_at, now)
+    groups: dict[tuple[int, bool], list[tuple[Any, dict[str, Any]]]] = {}
+    for finding in batch.itertuples(index=False):
+        row = current.get(str(finding.row_id))
+        expected = int(finding.expected)
+        if row is None or not _unchanged(cols, finding, row) or (row[p.completed] or 0) >= expected:
+            counts["skipped_changed"] += 1
+            continue
+        done = row[p.total] is not None and expected >= int(row[p.total])
+        groups.setdefault((expected, done), []).append((finding, row))
+    records: list[dict[str, Any]] = []
+    for (expected, done), items in groups.items():
+        counts["progress_fixed"] += len(items)
+        if ctx.options.dry_run:
+            continue
+        values: dict[str, Any] = {
+            p.completed: expected,
+            cols.updated_at: _typed_now(cols, cols.updated_at, now),
+        }
+        after: dict[str, Any] = {p.completed: expected, cols.updated_at: stamp}
+        if p.reconciled:
+            values[p.reconciled] = sa.bindparam(None, True, type_=sa.Boolean())
+            after[p.reconciled] = True
+        if p.reconciled_at:
+            values[p.reconciled_at] = _typed_now(cols, p.reconciled_at, now)
+            after[p.reconciled_at] = cols.now(p.reconciled_at, now)
+        if done:
+            values[cols.status] = p.complete_status
+            after[cols.status] = p.complete_status
+            if p.completed_at:
+                values[p.completed_at] = _typed_now(cols, p.completed_at, now)
+                after[p.completed_at] = cols.now(p.completed_at, now)
+        _update(conn, cols, [row for _, row in items], values)
+        for finding, row in items:
+            records.append(
+                {
+                    "action": "fix_progress",
+                    "kind": finding.kind,
+                    "table_name": table,
+                    "key_column": cols.key,
+                    "row_key": str(row[cols.key]),
+                    "object_key": finding.key,
+                    "before": dump_values({c: row[c] for c in after}),
+                    "after": dump_values(after),
+                }
+            )
+    _audit(conn, ctx, records)
+
+
+_HANDLERS = {
+    "mark_error": _mark_error,
+    "requeue": _requeue_or_retry,
+    "retry": _requeue_or_retry,
+    "fix_progress": _fix_progress,
+}
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+@dataclass
+class RollbackResult:
+    run_id: str
+    target_run_id: str
+    dry_run: bool
+    counts: Counter = field(default_factory=Counter)
+    batches: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "rolled_back_run_id": self.target_run_id,
+            "dry_run": self.dry_run,
+            "restored": self.counts["restored"],
+            "removed": self.counts["removed"],
+            "unchanged": self.counts["unchanged"],
+            "skipped_changed": self.counts["skipped_changed"],
+            "queue_cancelled": self.counts["queue_cancelled"],
+            "queue_already_delivered": self.counts["queue_already_delivered"],
+            "batches": self.batches,
+        }
+
+
+def _timestamp_like(value: Any) -> bool:
+    return isinstance(value, datetime)
+
+
+def rollback(
+    engine: sa.Engine,
+    target_run_id: str,
+    *,
+    dry_run: bool = True,
+    run_id: str | None = None,
+    batch_size: int = 100,
+    environ: dict[str, str] | None = None,
+) -> RollbackResult:
+    """Restore the before values a remediation run audited, for rows not changed since.
+
+    Rows created by the run are removed if untouched since; queue entries not yet delivered are
+    cancelled. Every restore is audited under the rollback's own run id, and the original records
+    are marked as rolled back, so a second rollback of the same run changes nothing.
+    """
+    if not dry_run and not writes_allowed(environ):
+        raise RemediationRefused(
+            f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
+            "environment of the run to roll back (or leave dry_run on)"
+        )
+    if batch_size < 1:
+        raise SpecError(f"batch_size: must be at least 1, not {batch_size}")
+    started = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex
+    result = RollbackResult(run_id, target_run_id, dry_run)
+    with engine.connect() as conn:
+        if not ledger_exists(conn):
+            raise RemediationRefused(
+                f"no audit records in {safe_url(engine.url)}: nothing to roll back"
+            )
+        records = (
+            conn.execute(
+                sa.select(audit)
+                .where(audit.c.run_id == target_run_id, audit.c.rolled_back_by.is_(None))
+                .order_by(audit.c.id.desc())
+            )
+            .mappings()
+            .all()
+        )
+        known = conn.execute(
+            sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
+        ).scalar_one()
+    if not known:
+        raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
+    if not dry_run:
+        _start_run(engine, run_id, "rollback", None, target_run_id)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["table_name"], record["key_column"]), []).append(dict(record))
+    try:
+        for (table, key_column), group in groups.items():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                _rollback_batch(engine, run_id, table, key_column, chunk, result, dry_run)
+                result.batches += 1
+        _cancel_queue(engine, target_run_id, result, dry_run)
+    except BaseException:
+        if not dry_run:
+            _finish_run(engine, run_id, "failed", result)
+        raise
+    result.seconds = time.perf_counter() - started
+    if not dry_run:
+        _finish_run(engine, run_id, "completed", result)
+    return result
+
+
+def _rollback_batch(
+    engine: sa.Engine,
+    run_id: str,
+    table: str,
+    key_column: str,
+    chunk: list[dict[str, Any]],
+    result: RollbackResult,
+    dry_run: bool,
+) -> None:
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        counts: Counter = Counter()
+        try:
+            if dry_run:
+                with engine.connect() as conn:
+                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
+                    conn.rollback()
+            else:
+                with engine.begin() as conn:
+                    _lock_batch(conn, run_id)
+                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
+            result.counts.update(counts)
+            return
+        except _Conflict:
+            if attempt == BATCH_ATTEMPTS:
+                raise DatabaseError(
+                    f"rollback of {table} kept conflicting with concurrent writes; run it again"
+                ) from None
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            raise DatabaseError(
+                f"rollback batch on {table} was not applied: {db_error_reason(exc)}; "
+                "earlier batches are restored and audited; run again to finish"
+            ) from None
+
+
+def _restore(
+    conn: sa.Connection,
+    run_id: str,
+    table: str,
+    key_column: str,
+    chunk: list[dict[str, Any]],
+    counts: Counter,
+    dry_run: bool,
+) -> None:
+    befores = [load_values(r["before"]) for r in chunk]
+    afters = [load_values(r["after"]) for r in chunk]
+    columns = sorted({c for values in befores + afters if values for c in values})
+    keys = list(dict.fromkeys(r["row_key"] for r in chunk))
+    query = (
+        sa.select(sa.column(key_column), *[sa.column(c) for c in columns])
+        .select_from(_table(table))
+        .where(sa.column(key_column).in_(list(keys)))
+    )
+    if not dry_run:
+        query = query.with_for_update()
+    current = {str(r[key_column]): dict(r) for r in conn.execute(query).mappings()}
+    done_ids: list[int] = []
+    records: list[dict[str, Any]] = []
+    for record_id, key, before, after in zip(
+        [r["id"] for r in chunk], [r["row_key"] for r in chunk], befores, afters
+    ):
+        row = current.get(str(key))
+        if after is None or row is None:
+            counts["skipped_changed"] += 1  # the row is gone since: nothing to restore onto
+            continue
+        if not all(_same(row[c], v, timestamp=_timestamp_like(v)) for c, v in after.items()):
+            counts["skipped_changed"] += 1
+            continue
+        if before == after:
+            counts["unchanged"] += 1
+            done_ids.append(int(record_id))
+            continue
+        raw_now = {c: row[c] for c in after}
+        if dry_run:
+            counts["removed" if before is None else "restored"] += 1
+            continue
+        condition = sa.and_(
+            sa.column(key_column) == _raw(row[key_column]),
+            *[
+                sa.column(c).is_(None) if v is None else sa.column(c) == _raw(v)
+                for c, v in raw_now.items()
+            ],
+        )
+        if before is None:
+            statement = sa.delete(_table(table)).where(condition)
+            counts["removed"] += 1
+        else:
+            statement = (
+                sa.update(_table(table, before))
+                .where(condition)
+                .values({c: _raw(v) for c, v in before.items()})
+            )
+            counts["restored"] += 1
+        if conn.execute(statement).rowcount != 1:
+            raise _Conflict()
+        done_ids.append(int(record_id))
+        records.append(
+            {
+                "run_id": run_id,
+                "action": "rollback",
+                "kind": None,
+                "table_name": table,
+                "key_column": key_column,
+                "row_key": str(key),
+                "object_key": None,
+                "before": dump_values(raw_now),
+                "after": dump_values(before),
+                "at": utcnow(),
+            }
+        )
+        current[str(key)] = {**row, **(before or {})}
+    if dry_run:
+        return
+    if records:
+        conn.execute(audit.insert(), records)
+    if done_ids:
+        conn.execute(audit.update().where(audit.c.id.in_(done_ids)).values(rolled_back_by=run_id))
+
+
+def _cancel_queue(
+    engine: sa.Engine, target_run_id: str, result: RollbackResult, dry_run: bool
+) -> None:
+    """Queue entries of the run not yet delivered are cancelled; delivered ones cannot be."""
+    with engine.connect() if dry_run else engine.begin() as conn:
+        pending = queue.c.state == "pending"
+        mine = queue.c.run_id == target_run_id
+        cancellable = conn.execute(
+            sa.select(sa.func.count()).select_from(queue).where(mine, pending)
+        ).scalar_one()
+        delivered = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(queue)
+            .where(mine, queue.c.state.in_(["sent", "taken"]))
+        ).scalar_one()
+        result.counts["queue_cancelled"] += cancellable
+        result.counts["queue_already_delivered"] += delivered
+        if not dry_run and cancellable:
+            conn.execute(
+                queue.update().where(mine, pending).values(state="cancelled", taken_at=utcnow())
+            )
+
+
+def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest remediation and rollback runs, newest first (for `integrity rollback --list`)."""
+    with engine.connect() as conn:
+        if not ledger_exists(conn):
+            return []
+        rows = (
+            conn.execute(
+                sa.select(remediation_runs)
+                .order_by(remediation_runs.c.started_at.desc())
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [dict(r) for r in rows]
