@@ -632,11 +632,13 @@ def _read_current(
 
 def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) -> bool:
     """The row still has the status and updated_at the inventory saw."""
+    # A report loaded from its Parquet snapshot has NaN, not None, where no row was seen.
+    status = None if pd.isna(finding.status) else finding.status
     if row is None:
-        return finding.status is None
-    if finding.status is None:
+        return status is None
+    if status is None:
         return False
-    return _same(row[cols.status], finding.status) and _same(
+    return _same(row[cols.status], status) and _same(
         row[cols.updated_at],
         None if pd.isna(finding.updated_at) else finding.updated_at,
         timestamp=True,
