@@ -156,7 +156,7 @@ class ReconciliationReport:
     def load(cls, path: str | Path) -> ReconciliationReport:
         frame, meta = read_parquet(Path(path))
         meta["generated_at"] = datetime.fromisoformat(meta["generated_at"])
-        return cls(findings=frame, **meta)
+        return cls(findings=_typed_findings(frame), **meta)
 
     def export(self, path: str | Path) -> Path:
         """Write one line per finding: .csv or .jsonl, with the export columns."""
@@ -175,6 +175,19 @@ class ReconciliationReport:
 
 
 # --------------------------------------------------------------------------- the diff
+
+
+def _typed_findings(findings: pd.DataFrame) -> pd.DataFrame:
+    """One set of column types for fresh and loaded reports: text columns are objects with None
+    for missing (never NaN), updated_at is UTC, expected a nullable integer."""
+    findings = findings.copy()
+    findings["updated_at"] = pd.to_datetime(findings["updated_at"], utc=True)
+    findings["expected"] = findings["expected"].astype("Int64")
+    for column in FINDING_COLUMNS:
+        if column in ("updated_at", "expected"):
+            continue
+        findings[column] = findings[column].astype("object").where(findings[column].notna(), None)
+    return findings
 
 
 def _findings(**columns: Any) -> pd.DataFrame:
@@ -474,12 +487,7 @@ def diff_inventories(
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-    findings["updated_at"] = pd.to_datetime(findings["updated_at"], utc=True)
-    findings["expected"] = findings["expected"].astype("Int64")
-    for column in FINDING_COLUMNS:
-        if column in ("updated_at", "expected"):
-            continue
-        findings[column] = findings[column].astype("object").where(findings[column].notna(), None)
+    findings = _typed_findings(findings)
 
     reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]
     return ReconciliationReport(
