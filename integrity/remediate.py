@@ -435,6 +435,8 @@ def remediate(
     }
     result = RemediationResult(run_id, options.dry_run, report.scope, planned)
     if plan.empty:
+        if not options.dry_run:
+            work_queue.flush(engine)  # what a crashed run committed but did not send
         result.seconds = time.perf_counter() - started
         return result
     columns = _columns_for(engine, spec, plan)
