@@ -556,10 +556,12 @@ def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, b
                     handler(ctx, conn, verified, counts, bucket)
             ctx.counts.update(counts)
             return
-        except (_Conflict, sa.exc.IntegrityError):
+        except (_Conflict, sa.exc.IntegrityError) as exc:
             if attempt < BATCH_ATTEMPTS:
                 continue
             reason = "rows kept changing while the batch was written"
+            if isinstance(exc, sa.exc.IntegrityError):  # or a constraint/trigger refuses it
+                reason += f" (the database said: {db_error_reason(exc)})"
         except sa.exc.DBAPIError as exc:
             if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
                 time.sleep(0.2 * 2 ** (attempt - 1))
