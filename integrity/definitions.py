@@ -9,12 +9,13 @@ from integrity.defs import (
     daily_reconciliation,
     reconcile_job,
     reconciliation_assets,
+    remediation_jobs,
     tenant_discovery_sensor,
 )
 
 defs = dg.Definitions(
     assets=reconciliation_assets,
-    jobs=[reconcile_job],
+    jobs=[reconcile_job, *remediation_jobs],
     schedules=[daily_reconciliation],
     sensors=[tenant_discovery_sensor],
     resources=build_resources(),

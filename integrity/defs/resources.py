@@ -2,7 +2,8 @@
 
 With no environment the embedded defaults apply (the demo's SQLite file and storage directory
 under `.integrity/`); INTEGRITY_BUCKET switches storage to S3 through dagster-aws's S3Resource,
-INTEGRITY_DB_URL picks another database and INTEGRITY_SPEC another spec. Nothing here touches
+INTEGRITY_DB_URL picks another database, INTEGRITY_SPEC another spec and INTEGRITY_QUEUE_URL
+an SQS queue for remediation's re-queues (else a table in the database). Nothing here touches
 the network when the definitions load: stores and engines are made when a step or tick asks.
 """
 
@@ -22,6 +23,7 @@ from integrity import settings
 from integrity.database import database_url
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
+from integrity.queue import WorkQueue, make_queue
 from integrity.spec import ReconciliationSpec, load_spec
 from integrity.storage import LocalStorage, S3Storage
 from integrity.storage.base import ObjectStore
@@ -126,6 +128,28 @@ class SpecResource(dg.ConfigurableResource):
         return load_spec(self.path)
 
 
+class QueueResource(dg.ConfigurableResource):
+    """Where remediation re-queues objects: an SQS queue when `queue_url` is set, else the
+    `integrity_queue` table in the database, written in the same transaction as the job reset.
+
+    Credentials are never fields here: boto3 finds them in the standard AWS environment.
+    """
+
+    queue_url: str | None = Field(
+        default=None, description="SQS queue URL; unset means the integrity_queue table."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="SQS-compatible endpoint; unset means AWS."
+    )
+    region: str | None = Field(
+        default=None, description="Region; unset means the AWS default chain."
+    )
+
+    def get_queue(self) -> WorkQueue:
+        """The queue; builds a client but sends nothing (remediation checks access itself)."""
+        return make_queue(self.queue_url, endpoint_url=self.endpoint_url, region=self.region)
+
+
 def _from_env(name: str) -> dg.EnvVar | None:
     """EnvVar when the variable is set (resolved at run time, shown as such in the UI), else None."""
     return dg.EnvVar(name) if os.environ.get(name) else None
@@ -142,4 +166,9 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         ),
         "database": DatabaseResource(url=_from_env(settings.ENV_DB_URL)),
         "spec": SpecResource(path=_from_env(settings.ENV_SPEC)),
+        "queue": QueueResource(
+            queue_url=_from_env(settings.ENV_QUEUE_URL),
+            endpoint_url=_from_env(settings.ENV_ENDPOINT_URL),
+            region=_from_env("AWS_REGION") or _from_env("AWS_DEFAULT_REGION"),
+        ),
     }

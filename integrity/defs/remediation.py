@@ -1,0 +1,281 @@
+"""Remediation and rollback as op jobs: the core's `remediate` and `rollback`, behind run config.
+
+`remediate` applies the latest `reconciliation_report` snapshot of one tenant partition; dry run
+is the default, and writes also need INTEGRITY_ALLOW_WRITES=1 in the run's environment (the
+core checks it), so a launchpad click alone cannot write to a database that was not opted in.
+The Dagster run id is the remediation's run id, so every audit record points at its run.
+Both jobs carry the `integrity/remediation` tag that dagster.yaml limits to one run at a time.
+"""
+
+# No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
+# annotation as an object (see assets.py).
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster import OpExecutionContext
+from pydantic import Field
+
+from integrity.defs.assets import fail_clearly
+from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
+from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
+from integrity.diff import ACTION_KINDS, ReconciliationReport
+from integrity.inventory import ALL_TENANTS, db_error_reason
+from integrity.ledger import utcnow
+from integrity.remediate import (
+    COUNT_NAMES,
+    RemediationOptions,
+    RemediationResult,
+    RollbackResult,
+    completed_line,
+    remediate,
+    rollback,
+)
+
+REMEDIATION_TAG = "integrity/remediation"
+"""Run tag on both jobs; dagster.yaml's run queue allows one such run at a time."""
+REMEDIATION_TAGS = {REMEDIATION_TAG: "true"}
+REMEDIATE_JOB = "remediate"
+ROLLBACK_JOB = "rollback"
+REPORT_ASSET = dg.AssetKey("reconciliation_report")
+ROLLBACK_COMPLETED_MSG = "rollback: completed"
+ROLLBACK_COUNTS = (
+    "restored",
+    "removed",
+    "unchanged",
+    "skipped_changed",
+    "queue_cancelled",
+    "queue_already_delivered",
+)
+
+
+class RemediationConfig(dg.Config):
+    """What to act on and how carefully. Dry run unless told otherwise."""
+
+    dry_run: bool = Field(
+        default=True,
+        description="Only count what would change. Writing needs false here AND "
+        "INTEGRITY_ALLOW_WRITES=1 in the environment of the run.",
+    )
+    kinds: list[str] = Field(
+        default=list(ACTION_KINDS),
+        description="Finding kinds to act on, among: " + ", ".join(ACTION_KINDS) + ".",
+    )
+    tenant: str = Field(
+        default=ALL_TENANTS,
+        description="The tenant partition whose latest reconciliation_report to apply "
+        f"({ALL_TENANTS!r}: the whole-bucket report).",
+    )
+    status: str | None = Field(
+        default=None, description="Only act on findings whose row or job is in this status."
+    )
+    batch_size: int = Field(
+        default=100, description="Findings per batch; each batch is one transaction (at least 1)."
+    )
+    concurrency: int = Field(
+        default=5, description="Storage re-checks in flight at once before each batch (at least 1)."
+    )
+    limit: int | None = Field(
+        default=None, description="Act on at most this many findings; unset means all."
+    )
+    max_change_ratio: float = Field(
+        default=0.2,
+        description="Circuit breaker: refuse to mark more than this share (0 to 1) of a table's "
+        "checked rows as error; a higher share usually means a wrong bucket, endpoint or prefix.",
+    )
+    force: bool = Field(
+        default=False,
+        description="Override the circuit breaker, when the objects really are gone.",
+    )
+    pause: float = Field(
+        default=0.0, description="Seconds to wait between batches, to spare a busy database."
+    )
+
+    def options(self) -> RemediationOptions:
+        """The core's options; bad values raise its one-line SpecError."""
+        return RemediationOptions(
+            dry_run=self.dry_run,
+            kinds=tuple(self.kinds),
+            tenant=self.tenant,
+            status=self.status,
+            batch_size=self.batch_size,
+            concurrency=self.concurrency,
+            limit=self.limit,
+            max_change_ratio=self.max_change_ratio,
+            force=self.force,
+            pause=self.pause,
+        )
+
+
+class RollbackConfig(dg.Config):
+    """Which remediation run to undo. Dry run unless told otherwise."""
+
+    run_id: str = Field(
+        description="The remediation run to undo: its Dagster run id (the audit records' run_id)."
+    )
+    dry_run: bool = Field(
+        default=True,
+        description="Only count what would be restored. Writing needs false here AND "
+        "INTEGRITY_ALLOW_WRITES=1 in the environment of the run.",
+    )
+    batch_size: int = Field(
+        default=100, description="Audit records restored per transaction (at least 1)."
+    )
+
+
+def report_path(io_manager: ParquetSnapshotIOManager, tenant: str) -> Path:
+    """Where the snapshot IO manager keeps the report of this tenant partition."""
+    context = dg.build_input_context(asset_key=REPORT_ASSET, partition_key=tenant)
+    return io_manager.snapshot_dir(context) / REPORT_FILE
+
+
+def load_report(io_manager: ParquetSnapshotIOManager, tenant: str) -> ReconciliationReport:
+    path = report_path(io_manager, tenant)
+    if not path.is_file():
+        raise dg.Failure(
+            description=f"no reconciliation_report snapshot for partition {tenant!r} "
+            f"(looked in {path.parent}): materialize reconciliation_report for partition "
+            f"{tenant!r} first"
+        )
+    return ReconciliationReport.load(path)
+
+
+def _database_failure(database: DatabaseResource, exc: sa.exc.SQLAlchemyError) -> dg.Failure:
+    return dg.Failure(
+        description=f"cannot write database {database.description}: {db_error_reason(exc)}"
+    )
+
+
+def _remediation_metadata(
+    report: ReconciliationReport, result: RemediationResult, queue_description: str
+) -> dict[str, Any]:
+    return {
+        "run_id": dg.MetadataValue.text(result.run_id),
+        "dry_run": dg.MetadataValue.bool(result.dry_run),
+        "scope": dg.MetadataValue.text(report.scope),
+        "report_generated_at": dg.MetadataValue.text(report.generated_at.isoformat()),
+        "updated": dg.MetadataValue.int(result.updated),
+        **{
+            f"planned/{action}": dg.MetadataValue.int(n)
+            for action, n in sorted(result.planned.items())
+        },
+        **{name: dg.MetadataValue.int(result.counts[name]) for name in COUNT_NAMES},
+        "batches": dg.MetadataValue.int(result.batches),
+        "seconds": dg.MetadataValue.float(result.seconds),
+        "queue": dg.MetadataValue.text(queue_description),
+    }
+
+
+@dg.op
+def apply_remediation(
+    context: OpExecutionContext,
+    config: RemediationConfig,
+    database: DatabaseResource,
+    storage: StorageResource,
+    spec: SpecResource,
+    queue: QueueResource,
+    snapshot_io_manager: dg.ResourceParam[ParquetSnapshotIOManager],
+) -> None:
+    """Apply a tenant's latest reconciliation report: mark missing files error, re-queue, retry, fix progress.
+
+    Batched, re-checked against storage and the rows right before each write, audited under this
+    run's id; refused on an incomplete report or when the circuit breaker trips.
+    """
+    with fail_clearly():
+        options = config.options()
+        report = load_report(snapshot_io_manager, config.tenant)
+        reconciliation_spec = spec.load()
+        store = storage.get_store()
+        if store.bucket != report.bucket:
+            raise dg.Failure(
+                description=f"the report for {report.scope} was made on bucket {report.bucket!r}, "
+                f"but storage is configured for {store.bucket!r}: check the storage "
+                "configuration, or reconcile again with this one"
+            )
+        store.check_access()
+        work_queue = queue.get_queue()
+        mode = "dry run" if options.dry_run else "applying"
+        context.log.info(
+            f"{mode}: report for {report.scope} from {report.generated_at.isoformat()} "
+            f"({len(report.findings)} findings) on {database.description}, queue "
+            f"{work_queue.description}"
+        )
+        try:
+            with database.engine() as engine:
+                result = remediate(
+                    report,
+                    engine,
+                    reconciliation_spec,
+                    store,
+                    options,
+                    work_queue=work_queue,
+                    run_id=context.run_id,
+                    on_batch=lambda n, total: context.log.debug(f"batch {n} of {total} done"),
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise _database_failure(database, exc) from None
+    context.log.info(
+        ("would change " if result.dry_run else "changed ")
+        + ", ".join(f"{name} {result.counts[name]}" for name in COUNT_NAMES)
+    )
+    context.add_output_metadata(_remediation_metadata(report, result, work_queue.description))
+    context.log.info(completed_line(report, result))
+
+
+@dg.op
+def apply_rollback(
+    context: OpExecutionContext, config: RollbackConfig, database: DatabaseResource
+) -> None:
+    """Restore the before values a remediation run audited, for rows nobody changed since.
+
+    Conditional like the forward path, audited under this run's id; queue entries not yet
+    delivered are cancelled.
+    """
+    with fail_clearly():
+        try:
+            with database.engine() as engine:
+                result: RollbackResult = rollback(
+                    engine,
+                    config.run_id,
+                    dry_run=config.dry_run,
+                    run_id=context.run_id,
+                    batch_size=config.batch_size,
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise _database_failure(database, exc) from None
+    summary = result.summary()
+    context.add_output_metadata(
+        {
+            "run_id": dg.MetadataValue.text(result.run_id),
+            "rolled_back_run_id": dg.MetadataValue.text(result.target_run_id),
+            "dry_run": dg.MetadataValue.bool(result.dry_run),
+            **{name: dg.MetadataValue.int(summary[name]) for name in ROLLBACK_COUNTS},
+            "batches": dg.MetadataValue.int(result.batches),
+            "seconds": dg.MetadataValue.float(result.seconds),
+        }
+    )
+    record = {
+        "time": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "level": "INFO",
+        "msg": ROLLBACK_COMPLETED_MSG,
+        **summary,
+    }
+    context.log.info(json.dumps(record, ensure_ascii=False, default=str))
+
+
+@dg.job(name=REMEDIATE_JOB, tags=REMEDIATION_TAGS)
+def remediate_job() -> None:
+    """Apply a tenant's reconciliation report to the database (dry run by default; writes need INTEGRITY_ALLOW_WRITES=1)."""
+    apply_remediation()
+
+
+@dg.job(name=ROLLBACK_JOB, tags=REMEDIATION_TAGS)
+def rollback_job() -> None:
+    """Undo a remediation run by its run id, for rows not changed since (dry run by default)."""
+    apply_rollback()
+
+
+remediation_jobs = [remediate_job, rollback_job]
