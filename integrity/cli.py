@@ -1,8 +1,12 @@
-"""The `integrity` command: a dry-run reconciliation from a terminal, and the demo.
+"""The `integrity` command: reconciliation from a terminal (a dry run unless --apply), rollback
+of a remediation run, and the demo.
 
 Every failure a user can cause (a bad flag, a bad duration, an unreachable database, a missing
-bucket, a spec error) ends with one line on stderr and a non-zero exit, never a traceback.
-Exit codes: 0 complete report, 3 incomplete report, 2 usage error, 1 any other error.
+bucket, a spec error, a refused remediation) ends with one line on stderr and a non-zero exit,
+never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
+nothing changed), 2 usage error, 1 any other error (remediation refused by the missing opt-in
+or the circuit breaker, among others). A run that finishes ends with one structured JSON log
+line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
 Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
 """
 
@@ -11,17 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from integrity import settings
 from integrity.durations import format_duration, parse_duration
-from integrity.errors import DatabaseError, IntegrityError, UsageError
+from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, UsageError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -32,6 +39,16 @@ if TYPE_CHECKING:
 PROG = "integrity"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 REPORT_SUFFIXES = (".csv", ".jsonl")
+LIST_CONCURRENCY, RECHECK_CONCURRENCY = 8, 5
+# The finding kinds remediation acts on (integrity.diff.ACTION_KINDS, spelled out here so that
+# `--help` needs no pandas import; a test keeps the two equal).
+_ACTION_KINDS = (
+    "orphan_object",
+    "stuck_job",
+    "missing_original",
+    "missing_staged",
+    "progress_behind",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = commands.add_parser(
         "reconcile",
-        help="report drift between storage and the database (a dry run: changes nothing)",
-        description="Report drift between storage and the database. A dry run: nothing is changed. "
-        "Exit status: 0 complete report, 3 incomplete report, 2 usage error, 1 other error.",
+        help="report drift between storage and the database (with --apply: and heal it)",
+        description="Report drift between storage and the database. A dry run unless --apply is "
+        f"given (which also needs {settings.ENV_ALLOW_WRITES}=1 in the environment). "
+        "Exit status: 0 complete report, 3 incomplete report (with --apply: refused), "
+        "2 usage error, 1 other error (a refused --apply among them).",
     )
     rec.add_argument(
         "--db-url",
@@ -98,16 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="24h",
         help="a job processing longer than this is stuck (default 24h)",
     )
-    rec.add_argument("--tenant", metavar="ID", help="reconcile one tenant only")
     rec.add_argument(
-        "--status", metavar="S", help="report only findings whose row or job has this status"
+        "--tenant",
+        "--project-id",
+        dest="tenant",
+        metavar="ID",
+        help="reconcile (and remediate) one tenant only; --project-id is an alias",
+    )
+    rec.add_argument(
+        "--status",
+        metavar="S",
+        help="report (and act on) only findings whose row or job has this status",
     )
     rec.add_argument(
         "--concurrency",
         metavar="N",
         type=int,
-        default=8,
-        help="prefixes listed at once (default 8)",
+        help=f"storage requests at once: prefixes listed (default {LIST_CONCURRENCY}) and, with "
+        f"--apply, objects re-checked before each batch (default {RECHECK_CONCURRENCY})",
     )
     rec.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the summary"
@@ -115,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--report", metavar="FILE", help="write every finding to FILE (.csv or .jsonl)"
     )
+    _add_remediation_arguments(rec)
     rec.set_defaults(handler=cmd_reconcile)
 
     demo = commands.add_parser(
@@ -135,7 +163,108 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the report summary as one JSON object"
     )
     demo.set_defaults(handler=cmd_demo)
+
+    rb = commands.add_parser(
+        "rollback",
+        help="undo a remediation run from its audit records (a dry run unless --apply)",
+        description="Restore the values a remediation run changed, for rows not changed since; "
+        "remove the job rows it created and cancel its queue entries not yet delivered. A dry "
+        f"run unless --apply is given (which also needs {settings.ENV_ALLOW_WRITES}=1). "
+        "Exit status: 0 done, 2 usage error, 1 any other error (an unknown run id, say).",
+    )
+    which = rb.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", metavar="ID", help="the remediation run to undo (see --list)")
+    which.add_argument(
+        "--list", action="store_true", help="list the latest remediation and rollback runs"
+    )
+    mode = rb.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--apply",
+        action="store_true",
+        help=f"restore for real (needs {settings.ENV_ALLOW_WRITES}=1 in the environment)",
+    )
+    mode.add_argument(
+        "--dry-run", action="store_true", help="show what would be restored (the default)"
+    )
+    rb.add_argument(
+        "--db-url",
+        metavar="URL",
+        help=f"SQLAlchemy database URL (env {settings.ENV_DB_URL}; default: the demo SQLite file)",
+    )
+    rb.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=int,
+        default=100,
+        help="audit records restored per transaction (default 100)",
+    )
+    rb.add_argument(
+        "--last",
+        metavar="N",
+        type=int,
+        default=20,
+        help="with --list: how many runs to show (default 20)",
+    )
+    rb.add_argument("--json", action="store_true", help="print one JSON object")
+    rb.set_defaults(handler=cmd_rollback)
     return parser
+
+
+def _add_remediation_arguments(rec: argparse.ArgumentParser) -> None:
+    """The flags of `reconcile --apply`; without --apply they shape the preview of what it would do."""
+    group = rec.add_argument_group(
+        "remediation",
+        f"Acting on the report needs --apply and {settings.ENV_ALLOW_WRITES}=1 in the environment.",
+    )
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--apply",
+        action="store_true",
+        help="after the diff, fix what it found: mark rows error, requeue, retry, fix progress",
+    )
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report and change nothing (the default; for scripts that say so)",
+    )
+    group.add_argument(
+        "--kinds",
+        metavar="K1,K2",
+        help="finding kinds to act on (default all: " + ", ".join(_ACTION_KINDS) + ")",
+    )
+    group.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=int,
+        default=100,
+        help="findings per batch; each batch is one transaction (default 100)",
+    )
+    group.add_argument(
+        "--limit", metavar="N", type=int, help="act on at most N findings (default all)"
+    )
+    group.add_argument(
+        "--max-change-ratio",
+        metavar="R",
+        type=float,
+        default=0.2,
+        help="circuit breaker: refuse to mark more than this share of a table's rows as error "
+        "(0 to 1, default 0.2)",
+    )
+    group.add_argument(
+        "--force", action="store_true", help="override the circuit breaker (the objects are gone)"
+    )
+    group.add_argument(
+        "--pause",
+        metavar="DURATION",
+        default="0",
+        help="wait this long between batches, to spare a busy database (default 0)",
+    )
+    group.add_argument(
+        "--queue-url",
+        metavar="URL",
+        help=f"SQS queue for re-queued objects (env {settings.ENV_QUEUE_URL}; default: the "
+        "integrity_queue table in the database)",
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -287,21 +416,284 @@ def _short(text: object, width: int, *, tail: bool = False) -> str:
     return "…" + value[-(width - 1) :] if tail else value[: width - 1] + "…"
 
 
+# --------------------------------------------------------------------------- remediation
+
+# What each count of a remediation run means, in the order the summary shows them.
+REMEDIATION_COUNTS: dict[str, str] = {
+    "marked_error": "rows marked error: their object is missing",
+    "progress_fixed": "plans given the page count found in storage",
+    "jobs_created": "processing jobs created (not_started) for unprocessed uploads",
+    "jobs_reset": "processing jobs set back to not_started",
+    "retried": "stuck jobs set back to not_started with one more attempt",
+    "requeued": "objects queued for processing",
+    "already_queued": "objects already waiting in the queue: not queued twice",
+    "skipped_changed": "rows changed since the inventory: left as they are",
+    "skipped_present": "objects found on the re-check: not marked error",
+    "skipped_gone": "objects gone on the re-check: not queued",
+    "skipped_unverified": "objects whose re-check failed: left alone",
+}
+ROLLBACK_COUNTS: dict[str, str] = {
+    "restored": "rows given back their values from before the run",
+    "removed": "rows the run created, removed",
+    "unchanged": "records that changed nothing (a queue entry only)",
+    "skipped_changed": "rows changed since the run: left as they are",
+    "queue_cancelled": "queue entries not yet delivered: cancelled",
+    "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
+}
+ROLLBACK_COMPLETED_MSG = "rollback: completed"
+
+
+@dataclass
+class Remediation:
+    """What remediation did after the diff (`result`, with --apply) or would do (`planned`)."""
+
+    result: Any = None  # integrity.remediate.RemediationResult, when applied
+    planned: dict[str, int] | None = None  # findings per action a dry run would hand to --apply
+    refused: str | None = None  # why --apply is (or would be) refused
+    queue: str | None = None  # where re-queued objects go
+
+
+def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not kinds:
+        raise UsageError(f"--kinds: name at least one kind ({', '.join(_ACTION_KINDS)})")
+    return kinds
+
+
+def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
+    """RemediationOptions from the flags; the core's one-line errors, named after the flags."""
+    from integrity.errors import SpecError
+    from integrity.remediate import RemediationOptions
+
+    kinds = _parse_kinds(args.kinds)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit: must be at least 1, not {args.limit}")
+    pause = parse_duration(args.pause, option="--pause").total_seconds()
+    try:
+        return RemediationOptions(
+            dry_run=dry_run,
+            **({"kinds": kinds} if kinds is not None else {}),
+            tenant=args.tenant,
+            status=args.status,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency or RECHECK_CONCURRENCY,
+            limit=args.limit,
+            max_change_ratio=args.max_change_ratio,
+            force=args.force,
+            pause=pause,
+        )
+    except SpecError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise UsageError(f"--{option.replace('_', '-')}: {reason}") from None
+
+
+def _cli_wording(message: str) -> str:
+    """The core speaks in option names (max_change_ratio, force); the CLI user types flags."""
+    return (
+        message.replace("max_change_ratio", "--max-change-ratio")
+        .replace("run again with force", "run again with --force")
+        .replace(" (or leave dry_run on)", "")
+    )
+
+
+def require_writes(command: str) -> None:
+    """--apply is refused, before any work, unless the database's owner opted in."""
+    from integrity.remediate import writes_allowed
+
+    if not writes_allowed():
+        raise RemediationRefused(
+            f"--apply: writes are not enabled: set {settings.ENV_ALLOW_WRITES}=1 in the "
+            f"environment to let integrity change this database (e.g. "
+            f"{settings.ENV_ALLOW_WRITES}=1 {command}); nothing was changed"
+        )
+
+
+def queue_location(url: str) -> tuple[str, str | None]:
+    """The endpoint a queue URL names (AWS, or moto/ElasticMQ/LocalStack) and its AWS region."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    if parts.scheme not in ("http", "https") or not parts.hostname or path.count("/") != 1:
+        raise UsageError(
+            f"--queue-url: {url!r} is not an SQS queue URL "
+            "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+        )
+    aws = re.fullmatch(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", parts.hostname)
+    return f"{parts.scheme}://{parts.netloc}", aws.group(1) if aws else None
+
+
+def make_work_queue(queue_url: str | None) -> Any:
+    """SQS at the queue URL's own endpoint (region from the URL or the AWS chain), else the table."""
+    from integrity.queue import make_queue
+
+    if not queue_url:
+        return make_queue(None)
+    endpoint, region = queue_location(queue_url)
+    if region is None:
+        import boto3
+
+        region = boto3.session.Session().region_name or "us-east-1"
+    return make_queue(queue_url, endpoint_url=endpoint, region=region)
+
+
+def preview(report: ReconciliationReport, options: Any) -> Remediation:
+    """A dry run's view of --apply: findings per action it would hand over, or why it would refuse.
+
+    No storage re-check and no row is read: the planning step only (cheap at any size)."""
+    from integrity.diff import ACTION_KINDS, ACTIONS
+    from integrity.remediate import plan_remediation
+
+    if not report.complete:
+        return Remediation()
+    try:
+        plan = plan_remediation(report, options)
+    except RemediationRefused as exc:
+        return Remediation(refused=_cli_wording(str(exc)))
+    actions = dict.fromkeys(ACTIONS[k] for k in ACTION_KINDS)
+    return Remediation(planned={a: int((plan["action"] == a).sum()) for a in actions})
+
+
+class _BatchProgress:
+    """`remediation: batch 3 of 10` on a terminal; records how many batches were applied."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.applied = 0
+
+    def __call__(self, number: int, total: int) -> None:
+        self.applied = number
+        if self.stream is not None:
+            self.stream.write(f"\rremediation: batch {number:,} of {total:,}\x1b[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.applied:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def apply_remediation(
+    report: ReconciliationReport,
+    engine: sa.Engine,
+    spec: Any,
+    store: ObjectStore,
+    options: Any,
+    work_queue: Any,
+    *,
+    progress: bool = False,
+) -> Remediation:
+    """Run the core's remediation; a refusal is returned (the caller prints it), failures raise."""
+    from integrity.remediate import remediate
+
+    run_id = uuid.uuid4().hex
+    display = _BatchProgress(sys.stderr if progress else None)
+    try:
+        result = remediate(
+            report,
+            engine,
+            spec,
+            store,
+            options,
+            work_queue=work_queue,
+            run_id=run_id,
+            on_batch=display,
+        )
+    except RemediationRefused as exc:
+        return Remediation(refused=_cli_wording(str(exc)), queue=work_queue.description)
+    except IntegrityError as exc:
+        if display.applied:  # say which run to roll back what was applied
+            raise type(exc)(
+                f"{exc} (remediation run {run_id}; `integrity rollback --run-id {run_id}` "
+                "undoes its applied batches)"
+            ) from None
+        raise
+    finally:
+        display.close()
+    return Remediation(result=result, queue=work_queue.description)
+
+
+def format_remediation(remediation: Remediation) -> list[str]:
+    """The summary's remediation section: what was done and how to undo it, or what would be."""
+    result = remediation.result
+    if result is None:
+        if remediation.refused:
+            return ["", f"with --apply, remediation would be refused: {remediation.refused}"]
+        if remediation.planned is None:
+            return []
+        total = sum(remediation.planned.values())
+        if not total:
+            return ["", "nothing for remediation to act on."]
+        acts = ", ".join(f"{a} {n:,}" for a, n in remediation.planned.items() if n)
+        return [
+            "",
+            f"with --apply, remediation would act on {total:,} findings: {acts}",
+            "  (each object and row is checked again right before it is changed)",
+            f"to apply: run again with --apply and {settings.ENV_ALLOW_WRITES}=1 in the environment.",
+        ]
+    counts = result.counts
+    width = max(len(k) for k in REMEDIATION_COUNTS)
+    lines = [
+        "",
+        f"remediation applied: run {result.run_id}, {result.batches:,} batches in "
+        f"{result.seconds:.2f} s, queue: {remediation.queue}",
+    ]
+    lines += [
+        f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
+        for name, meaning in REMEDIATION_COUNTS.items()
+    ]
+    lines.append(f"  {'updated':<{width}}  {result.updated:>6,}  rows changed or created in total")
+    if result.updated or counts["requeued"]:
+        lines += [
+            f"review: SELECT * FROM integrity_audit WHERE run_id = '{result.run_id}'",
+            f"undo:   integrity rollback --run-id {result.run_id}   "
+            "(a dry run; add --apply to restore)",
+        ]
+    else:
+        lines.append("nothing was changed, so there is nothing to undo.")
+    return lines
+
+
+def remediation_json(remediation: Remediation) -> dict[str, Any]:
+    """The keys remediation adds to the `--json` summary."""
+    result = remediation.result
+    if result is not None:
+        return {
+            **result.summary(),
+            "queue": remediation.queue,
+            "remediation_seconds": round(result.seconds, 3),
+        }
+    extra: dict[str, Any] = {"skipped_changed": 0, "planned": remediation.planned}
+    if remediation.refused:
+        extra["apply_refused"] = remediation.refused
+    return extra
+
+
+# --------------------------------------------------------------------------- reports
+
+
 def format_summary(
     report: ReconciliationReport,
     *,
     source: str,
     database: str,
     examples: int = 10,
+    remediation: Remediation | None = None,
 ) -> str:
     """The readable summary shared by `reconcile` and `demo`."""
     from integrity.diff import ACTIONS
 
+    remediation = remediation or Remediation()
     counts = report.counts()
     opts = report.options
     scope = "all tenants" if report.scope in (None, "__all__") else f"tenant {report.scope}"
+    applied = remediation.result is not None
     lines = [
-        "integrity reconcile (dry run: nothing was changed)",
+        "integrity reconcile --apply (findings as found before remediation)"
+        if applied
+        else "integrity reconcile (dry run: nothing was changed)",
         f"  storage   {source}",
         f"  database  {database}",
         f"  scope     {scope}"
@@ -337,39 +729,61 @@ def format_summary(
     else:
         lines.append("report INCOMPLETE: do not act on it. Reasons:")
         lines += [f"  - {reason}" for reason in report.reasons]
+    lines += format_remediation(remediation)
     return "\n".join(lines)
 
 
 def _emit(
-    report: ReconciliationReport, args: argparse.Namespace, *, source: str, database: str
+    report: ReconciliationReport,
+    args: argparse.Namespace,
+    *,
+    source: str,
+    database: str,
+    remediation: Remediation,
 ) -> int:
-    """Print the report as JSON or a summary and return the exit code."""
+    """Print the report (and what remediation did) as JSON or a summary; return the exit code."""
     if args.json:
         summary = report.summary()
         summary["seconds"] = round(report.timings.get("total_seconds", 0.0), 3)
+        summary.update(remediation_json(remediation))
         print(json.dumps(summary, ensure_ascii=False, default=str))
     else:
-        print(format_summary(report, source=source, database=database))
+        print(format_summary(report, source=source, database=database, remediation=remediation))
     if not report.complete:
-        if args.json:
+        # With --apply the refusal line carries the reasons; stderr stays one line.
+        if args.json and not getattr(args, "apply", False):
             for reason in report.reasons:
                 print(f"{PROG}: incomplete: {reason}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_OK
 
 
+def _completed(report: ReconciliationReport, remediation: Remediation) -> None:
+    """The one structured log line every finished run ends with (on stderr)."""
+    from integrity.remediate import completed_line
+
+    print(completed_line(report, remediation.result), file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    """Validate every input first (the cheap checks before the heavy imports), then reconcile."""
+    """Validate every input first (the cheap checks before the heavy work), reconcile, and with
+    --apply remediate what was found."""
     min_age = parse_duration(args.min_age, option="--min-age")
     stuck_after = parse_duration(args.stuck_after, option="--stuck-after")
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise UsageError(f"--concurrency: must be at least 1, not {args.concurrency}")
     report_path = _check_report_path(args.report)
     if args.bucket and args.storage_dir:
         raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
+    queue_url = args.queue_url or (_env(settings.ENV_QUEUE_URL) if args.apply else None)
+    if queue_url:
+        queue_location(queue_url)
+    options = remediation_options(args, dry_run=not args.apply)
+    if args.apply:
+        require_writes("integrity reconcile --apply")
 
     from integrity.diff import DiffOptions
     from integrity.inventory import safe_url
@@ -379,28 +793,51 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     db_url = args.db_url or settings.default_db_url()
     store = resolve_store(args)
     engine = make_engine(db_url)
+    work_queue = None
+    if args.apply:
+        work_queue = make_work_queue(queue_url)
+        if {"orphan_object", "stuck_job"} & set(options.kinds):
+            work_queue.check_access()  # a wrong queue fails now, not after a long listing
     try:
-        options = DiffOptions(
+        diff = DiffOptions(
             min_age=min_age, stuck_after=stuck_after, tenant=args.tenant, status=args.status
         )
         report = run_reconciliation(
-            store, engine, spec, options, concurrency=args.concurrency, progress=sys.stderr.isatty()
+            store,
+            engine,
+            spec,
+            diff,
+            concurrency=args.concurrency or LIST_CONCURRENCY,
+            progress=sys.stderr.isatty(),
         )
+        if args.apply:
+            remediation = apply_remediation(
+                report, engine, spec, store, options, work_queue, progress=sys.stderr.isatty()
+            )
+        else:
+            remediation = preview(report, options)
     finally:
         engine.dispose()
     if report_path is not None:
         report.export(report_path)
-    code = _emit(report, args, source=store.description, database=safe_url(db_url))
+    code = _emit(
+        report, args, source=store.description, database=safe_url(db_url), remediation=remediation
+    )
     if report_path is not None and not args.json:
         print(f"report written to {report_path} ({len(report.findings):,} findings)")
+    if args.apply and remediation.refused:
+        sys.stdout.flush()
+        return _error(remediation.refused, EXIT_ERROR if report.complete else EXIT_INCOMPLETE)
+    _completed(report, remediation)
     return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build (or keep) the demo, reconcile it, and point at `dagster dev`."""
+    """Build (or keep) the demo, reconcile it, and point at `dagster dev` and remediation."""
     from integrity import demo
     from integrity.diff import DiffOptions
     from integrity.inventory import safe_url
+    from integrity.remediate import RemediationOptions
     from integrity.spec import default_spec
     from integrity.storage.local import LocalStorage
 
@@ -419,6 +856,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     finally:
         engine.dispose()
+    remediation = preview(report, RemediationOptions())
     out = sys.stderr if args.json else sys.stdout
     verb = "built" if env.built else "kept (--no-reset)"
     print(
@@ -428,15 +866,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if not args.json:
         print()
-    code = _emit(report, args, source=f"directory {env.storage_dir}", database=safe_url(env.db_url))
+    code = _emit(
+        report,
+        args,
+        source=f"directory {env.storage_dir}",
+        database=safe_url(env.db_url),
+        remediation=remediation,
+    )
     print(file=out)
-    print(_dagster_hint(home), file=out)
+    print(_dagster_hint(home), file=out, flush=True)
+    _completed(report, remediation)
     return code
 
 
 def _dagster_hint(home: Path) -> str:
-    """How to see the same demo in the UI, naming any environment that would point elsewhere."""
-    lines = ["Now run `dagster dev` from the project root: the UI shows the same demo."]
+    """How to see the same demo in the UI and heal it, naming any environment that would point
+    elsewhere."""
+    lines = [
+        "Now run `dagster dev` from the project root: the UI shows the same demo.",
+        f"Heal it: review `integrity reconcile`, then `{settings.ENV_ALLOW_WRITES}=1 integrity "
+        "reconcile --apply` (README: Remediation).",
+    ]
     if home != (Path.cwd() / ".integrity").absolute() and os.environ.get(settings.ENV_HOME) != str(
         home
     ):
@@ -449,6 +899,140 @@ def _dagster_hint(home: Path) -> str:
     if overriding:
         lines.append(
             f"  (unset {', '.join(overriding)}: they point dagster dev away from the demo)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Undo a remediation run from its audit records (a dry run unless --apply), or list runs."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: must be at least 1, not {args.batch_size}")
+    if args.last < 1:
+        raise UsageError(f"--last: must be at least 1, not {args.last}")
+    if args.list and args.apply:
+        raise UsageError("--apply: goes with --run-id, not with --list")
+    run_id = args.run_id.strip() if args.run_id is not None else None
+    if args.run_id is not None and not run_id:
+        raise UsageError("--run-id: must not be empty (see 'integrity rollback --list')")
+    if args.apply:
+        require_writes(f"integrity rollback --run-id {run_id} --apply")
+
+    from integrity.inventory import safe_url
+    from integrity.remediate import rollback, run_history
+
+    db_url = args.db_url or settings.default_db_url()
+    database = safe_url(db_url)
+    engine = make_engine(db_url)
+    try:
+        if args.list:
+            runs = run_history(engine, args.last)
+        else:
+            try:
+                result = rollback(
+                    engine, run_id, dry_run=not args.apply, batch_size=args.batch_size
+                )
+            except RemediationRefused as exc:
+                if any(r["run_id"] == run_id for r in run_history(engine, 1000)):
+                    raise RemediationRefused(
+                        f"run {run_id} changed nothing (no audit records), so there is "
+                        "nothing to roll back"
+                    ) from None
+                raise RemediationRefused(
+                    f"{exc} ('integrity rollback --list' shows the recent runs)"
+                ) from None
+    finally:
+        engine.dispose()
+    if args.list:
+        print(format_runs(runs, database=database, as_json=args.json))
+        return EXIT_OK
+    summary = {**result.summary(), "seconds": round(result.seconds, 3)}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(format_rollback(result, database=database))
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "level": "INFO",
+        "msg": ROLLBACK_COMPLETED_MSG,
+        **summary,
+    }
+    print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def format_rollback(result: Any, *, database: str) -> str:
+    counts = result.counts
+    width = max(len(k) for k in ROLLBACK_COUNTS)
+    head = (
+        f"integrity rollback of run {result.target_run_id} (dry run: nothing was changed)"
+        if result.dry_run
+        else f"integrity rollback of run {result.target_run_id} (applied: rollback run "
+        f"{result.run_id}, {result.batches:,} batches in {result.seconds:.2f} s)"
+    )
+    lines = [head, f"  database  {database}", ""]
+    lines += [
+        f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
+        for name, meaning in ROLLBACK_COUNTS.items()
+    ]
+    if result.dry_run:
+        lines += [
+            "",
+            f"to apply: {settings.ENV_ALLOW_WRITES}=1 integrity rollback "
+            f"--run-id {result.target_run_id} --apply",
+        ]
+    return "\n".join(lines)
+
+
+def _when(value: Any) -> str | None:
+    """A run's timestamp as UTC text (SQLite returns naive UTC, PostgreSQL aware)."""
+    from datetime import datetime, timezone
+
+    if not isinstance(value, datetime):
+        return None if value is None else str(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_runs(runs: list[dict[str, Any]], *, database: str, as_json: bool) -> str:
+    """`integrity rollback --list`: the latest runs, newest first."""
+    rows = []
+    for run in runs:
+        counts = json.loads(run["counts"]) if run.get("counts") else {}
+        rows.append(
+            {
+                "run_id": run["run_id"],
+                "kind": run["kind"],
+                "target_run_id": run.get("target_run_id"),
+                "scope": run.get("scope"),
+                "state": run["state"],
+                "started_at": _when(run.get("started_at")),
+                "finished_at": _when(run.get("finished_at")),
+                "batches": run.get("batches"),
+                "counts": counts,
+            }
+        )
+    if as_json:
+        return json.dumps({"database": database, "runs": rows}, ensure_ascii=False)
+    if not rows:
+        return f"no remediation runs recorded in {database}"
+    lines = [
+        f"remediation runs in {database}, newest first (UTC):",
+        f"  {'run_id':<32}  {'kind':<9}  {'state':<9}  {'started':<19}  what",
+    ]
+    for row in rows:
+        c = row["counts"]
+        if row["kind"] == "rollback":
+            what = f"undid {row['target_run_id']}: restored {c.get('restored', 0):,}, removed {c.get('removed', 0):,}"
+        else:
+            scope = "all tenants" if row["scope"] in (None, "__all__") else row["scope"]
+            what = (
+                f"{scope}: updated {c.get('updated', 0):,}, requeued {c.get('requeued', 0):,}, "
+                f"skipped_changed {c.get('skipped_changed', 0):,}"
+            )
+        lines.append(
+            f"  {row['run_id']:<32}  {row['kind']:<9}  {row['state']:<9}  "
+            f"{row['started_at'] or '-':<19}  {what}"
         )
     return "\n".join(lines)
 
