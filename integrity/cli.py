@@ -440,7 +440,6 @@ ROLLBACK_COUNTS: dict[str, str] = {
     "queue_cancelled": "queue entries not yet delivered: cancelled",
     "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
 }
-ROLLBACK_COMPLETED_MSG = "rollback: completed"
 
 
 @dataclass
@@ -918,7 +917,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         require_writes(f"integrity rollback --run-id {run_id} --apply")
 
     from integrity.inventory import safe_url
-    from integrity.remediate import rollback, run_history
+    from integrity.rollback import rollback, run_history
 
     db_url = args.db_url or settings.default_db_url()
     database = safe_url(db_url)
@@ -950,13 +949,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(format_rollback(result, database=database))
-    record = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "level": "INFO",
-        "msg": ROLLBACK_COMPLETED_MSG,
-        **summary,
-    }
-    print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
+    from integrity.rollback import rollback_completed_line
+
+    print(rollback_completed_line(result), file=sys.stderr, flush=True)
     return EXIT_OK
 
 

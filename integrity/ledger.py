@@ -85,6 +85,67 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# --------------------------------------------------------------------------- runs
+
+
+def start_run(
+    engine: sa.Engine, run_id: str, kind: str, scope: str | None, target: str | None
+) -> None:
+    """Record a run as running (again, when a failed run id is reused)."""
+    now = utcnow()
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(remediation_runs.c.run_id).where(remediation_runs.c.run_id == run_id)
+        ).first()
+        values = {"state": "running", "updated_at": now, "finished_at": None}
+        if exists:
+            conn.execute(
+                remediation_runs.update()
+                .where(remediation_runs.c.run_id == run_id)
+                .values(**values)
+            )
+        else:
+            conn.execute(
+                remediation_runs.insert().values(
+                    run_id=run_id,
+                    kind=kind,
+                    scope=scope,
+                    target_run_id=target,
+                    started_at=now,
+                    batches=0,
+                    **values,
+                )
+            )
+
+
+def finish_run(engine: sa.Engine, run_id: str, state: str, result: Any) -> None:
+    """Record how a run ended, with its summary; never raises (the batches are what matter)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                remediation_runs.update()
+                .where(remediation_runs.c.run_id == run_id)
+                .values(
+                    state=state,
+                    updated_at=utcnow(),
+                    finished_at=utcnow(),
+                    counts=json.dumps(result.summary()),
+                )
+            )
+    except sa.exc.SQLAlchemyError:
+        pass  # the batches are what matter; a lost connection here must not hide the real error
+
+
+def lock_batch(conn: sa.Connection, run_id: str) -> None:
+    """The batch's first statement is a write, so SQLite takes its write lock before the rows
+    are re-read (PostgreSQL locks the rows themselves with FOR UPDATE)."""
+    conn.execute(
+        remediation_runs.update()
+        .where(remediation_runs.c.run_id == run_id)
+        .values(batches=remediation_runs.c.batches + 1, updated_at=utcnow())
+    )
+
+
 # --------------------------------------------------------------------------- audit values
 #
 # Before and after values are stored as JSON. Timestamps keep their type (so a rollback writes

@@ -11,8 +11,7 @@ The order of safety, for every batch of at most `batch_size` findings:
    and `updated_at` are still what the inventory saw (the others are `skipped_changed`);
 4. the same transaction writes the audit records and the queue entries, then commits.
 A crash leaves whole batches applied or not at all; a second run finds nothing left to do.
-Objects are never deleted. Rollback restores the audited before values of rows not changed
-since, conditionally like the forward path, and audits itself.
+Objects are never deleted. integrity.rollback undoes a run from its audit records.
 """
 
 from __future__ import annotations
@@ -40,19 +39,24 @@ from integrity.ledger import (
     audit,
     create_ledger,
     dump_values,
-    ledger_exists,
-    load_values,
-    queue,
-    remediation_runs,
+    finish_run,
+    lock_batch,
+    start_run,
     utcnow,
 )
 from integrity.queue import QueueEntry, TableQueue, WorkQueue
+from integrity.rows import (
+    BATCH_ATTEMPTS,
+    RowConflict,
+    match_rows,
+    same_value,
+    table_clause,
+)
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
 
 ALLOW_WRITES_ENV = settings.ENV_ALLOW_WRITES
 COMPLETED_MSG = "reconcile: completed"
-BATCH_ATTEMPTS = 3
 
 COUNT_NAMES = (
     "marked_error",
@@ -229,66 +233,6 @@ def _circuit_breaker(
         raise RemediationRefused(message)
 
 
-# --------------------------------------------------------------------------- values
-
-
-def _timestamp(value: Any) -> pd.Timestamp | None:
-    """A stored timestamp (a datetime, or SQLite's text) as UTC; naive values are UTC."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    try:
-        ts = (
-            pd.Timestamp(value)
-            if not isinstance(value, str)
-            else pd.to_datetime(value, format="ISO8601")
-        )
-    except (ValueError, TypeError):
-        return None
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _same(a: Any, b: Any, *, timestamp: bool = False) -> bool:
-    if timestamp:
-        return _timestamp(a) == _timestamp(b)
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, bool) or isinstance(b, bool):
-        return bool(a) == bool(b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return str(a) == str(b)
-
-
-def _raw(value: Any) -> sa.BindParameter[Any]:
-    """A value bound exactly as the driver returned it (no type processing)."""
-    return sa.bindparam(None, value, type_=sa.types.NullType())
-
-
-def _tuple_match(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sa.ColumnElement[bool]:
-    """Rows whose columns hold exactly these raw values (NULLs matched with IS NULL)."""
-    plain = [r for r in rows if all(v is not None for v in r)]
-    clauses: list[sa.ColumnElement[bool]] = []
-    if plain:
-        clauses.append(sa.tuple_(*[sa.column(c) for c in columns]).in_([tuple(r) for r in plain]))
-    for r in rows:
-        if any(v is None for v in r):
-            clauses.append(
-                sa.and_(
-                    *[
-                        sa.column(c).is_(None) if v is None else sa.column(c) == _raw(v)
-                        for c, v in zip(columns, r)
-                    ]
-                )
-            )
-    return sa.or_(*clauses) if clauses else sa.false()
-
-
-def _table(name: str, columns: Iterable[str] = ()) -> sa.TableClause:
-    """A lightweight table clause naming the columns a statement writes."""
-    schema, _, table = name.rpartition(".")
-    return sa.table(table, *[sa.column(c) for c in columns], schema=schema or None)
-
-
 @dataclass(frozen=True)
 class _TableColumns:
     """A table's columns that remediation reads and writes, and whether its timestamps carry a zone."""
@@ -310,10 +254,6 @@ class _TableColumns:
 
 
 # --------------------------------------------------------------------------- the run
-
-
-class _Conflict(Exception):
-    """A row changed between the batch's read and its write: the batch is rolled back."""
 
 
 @dataclass
@@ -446,7 +386,7 @@ def remediate(
 
     if not options.dry_run:
         create_ledger(engine)
-        _start_run(engine, run_id, "remediate", report.scope, None)
+        start_run(engine, run_id, "remediate", report.scope, None)
         work_queue.flush(engine)  # what a crashed run committed but did not send
     batches = list(_batches(plan, options.batch_size))
     try:
@@ -461,11 +401,11 @@ def remediate(
                 on_batch(number, len(batches))
     except BaseException:
         if not options.dry_run:
-            _finish_run(engine, run_id, "failed", result)
+            finish_run(engine, run_id, "failed", result)
         raise
     result.seconds = time.perf_counter() - started
     if not options.dry_run:
-        _finish_run(engine, run_id, "completed", result)
+        finish_run(engine, run_id, "completed", result)
     return result
 
 
@@ -476,64 +416,6 @@ def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
         group = group.drop(columns="_group")
         for start in range(0, len(group), size):
             yield group.iloc[start : start + size]
-
-
-def _start_run(
-    engine: sa.Engine, run_id: str, kind: str, scope: str | None, target: str | None
-) -> None:
-    now = utcnow()
-    with engine.begin() as conn:
-        exists = conn.execute(
-            sa.select(remediation_runs.c.run_id).where(remediation_runs.c.run_id == run_id)
-        ).first()
-        values = {"state": "running", "updated_at": now, "finished_at": None}
-        if exists:
-            conn.execute(
-                remediation_runs.update()
-                .where(remediation_runs.c.run_id == run_id)
-                .values(**values)
-            )
-        else:
-            conn.execute(
-                remediation_runs.insert().values(
-                    run_id=run_id,
-                    kind=kind,
-                    scope=scope,
-                    target_run_id=target,
-                    started_at=now,
-                    batches=0,
-                    **values,
-                )
-            )
-
-
-def _finish_run(
-    engine: sa.Engine, run_id: str, state: str, result: RemediationResult | Any
-) -> None:
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                remediation_runs.update()
-                .where(remediation_runs.c.run_id == run_id)
-                .values(
-                    state=state,
-                    updated_at=utcnow(),
-                    finished_at=utcnow(),
-                    counts=json.dumps(result.summary()),
-                )
-            )
-    except sa.exc.SQLAlchemyError:
-        pass  # the batches are what matter; a lost connection here must not hide the real error
-
-
-def _lock_batch(conn: sa.Connection, run_id: str) -> None:
-    """The batch's first statement is a write, so SQLite takes its write lock before the rows
-    are re-read (PostgreSQL locks the rows themselves with FOR UPDATE)."""
-    conn.execute(
-        remediation_runs.update()
-        .where(remediation_runs.c.run_id == run_id)
-        .values(batches=remediation_runs.c.batches + 1, updated_at=utcnow())
-    )
 
 
 def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, bucket: str) -> None:
@@ -552,11 +434,11 @@ def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, b
                     conn.rollback()
             else:
                 with ctx.engine.begin() as conn:
-                    _lock_batch(conn, ctx.run_id)
+                    lock_batch(conn, ctx.run_id)
                     handler(ctx, conn, verified, counts, bucket)
             ctx.counts.update(counts)
             return
-        except (_Conflict, sa.exc.IntegrityError) as exc:
+        except (RowConflict, sa.exc.IntegrityError) as exc:
             if attempt < BATCH_ATTEMPTS:
                 continue
             reason = "rows kept changing while the batch was written"
@@ -623,7 +505,7 @@ def _read_current(
     """The batch's rows as they are now, raw, locked for update where the database can."""
     query = (
         sa.select(*[sa.column(c) for c in cols.read])
-        .select_from(_table(cols.table))
+        .select_from(table_clause(cols.table))
         .where(sa.column(cols.key).in_(list(keys)))
     )
     if not ctx.options.dry_run:
@@ -642,7 +524,7 @@ def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) ->
         return status is None
     if status is None:
         return False
-    return _same(row[cols.status], status) and _same(
+    return same_value(row[cols.status], status) and same_value(
         row[cols.updated_at],
         None if pd.isna(finding.updated_at) else finding.updated_at,
         timestamp=True,
@@ -658,13 +540,13 @@ def _update(
     """One conditional UPDATE for rows sharing the new values; every row must still match."""
     if not rows:
         return
-    condition = _tuple_match(
+    condition = match_rows(
         [cols.key, cols.status, cols.updated_at],
         [(r[cols.key], r[cols.status], r[cols.updated_at]) for r in rows],
     )
-    statement = sa.update(_table(cols.table, values)).where(condition).values(values)
+    statement = sa.update(table_clause(cols.table, values)).where(condition).values(values)
     if conn.execute(statement).rowcount != len(rows):
-        raise _Conflict()
+        raise RowConflict()
 
 
 def _typed_now(cols: _TableColumns, column: str, now: datetime) -> sa.BindParameter[Any]:
@@ -803,12 +685,12 @@ def _requeue_or_retry(
 
     if creates:
         new_table = sa.table(
-            _table(table).name,
+            table_clause(table).name,
             sa.column(cols.key),
             sa.column(cols.status),
             sa.column(j.attempts),
             sa.column(cols.updated_at, sa.DateTime(timezone=cols.updated_at in cols.aware)),
-            schema=_table(table).schema,
+            schema=table_clause(table).schema,
         )
         conn.execute(
             sa.insert(new_table),
@@ -940,261 +822,3 @@ _HANDLERS = {
     "retry": _requeue_or_retry,
     "fix_progress": _fix_progress,
 }
-
-
-# --------------------------------------------------------------------------- rollback
-
-
-@dataclass
-class RollbackResult:
-    run_id: str
-    target_run_id: str
-    dry_run: bool
-    counts: Counter = field(default_factory=Counter)
-    batches: int = 0
-    seconds: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "rolled_back_run_id": self.target_run_id,
-            "dry_run": self.dry_run,
-            "restored": self.counts["restored"],
-            "removed": self.counts["removed"],
-            "unchanged": self.counts["unchanged"],
-            "skipped_changed": self.counts["skipped_changed"],
-            "queue_cancelled": self.counts["queue_cancelled"],
-            "queue_already_delivered": self.counts["queue_already_delivered"],
-            "batches": self.batches,
-        }
-
-
-def _timestamp_like(value: Any) -> bool:
-    return isinstance(value, datetime)
-
-
-def rollback(
-    engine: sa.Engine,
-    target_run_id: str,
-    *,
-    dry_run: bool = True,
-    run_id: str | None = None,
-    batch_size: int = 100,
-    environ: dict[str, str] | None = None,
-) -> RollbackResult:
-    """Restore the before values a remediation run audited, for rows not changed since.
-
-    Rows created by the run are removed if untouched since; queue entries not yet delivered are
-    cancelled. Every restore is audited under the rollback's own run id, and the original records
-    are marked as rolled back, so a second rollback of the same run changes nothing.
-    """
-    if not dry_run and not writes_allowed(environ):
-        raise RemediationRefused(
-            f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
-            "environment of the run to roll back (or leave dry_run on)"
-        )
-    if batch_size < 1:
-        raise SpecError(f"batch_size: must be at least 1, not {batch_size}")
-    started = time.perf_counter()
-    run_id = run_id or uuid.uuid4().hex
-    result = RollbackResult(run_id, target_run_id, dry_run)
-    with engine.connect() as conn:
-        if not ledger_exists(conn):
-            raise RemediationRefused(
-                f"no audit records in {safe_url(engine.url)}: nothing to roll back"
-            )
-        records = (
-            conn.execute(
-                sa.select(audit)
-                .where(audit.c.run_id == target_run_id, audit.c.rolled_back_by.is_(None))
-                .order_by(audit.c.id.desc())
-            )
-            .mappings()
-            .all()
-        )
-        known = conn.execute(
-            sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
-        ).scalar_one()
-    if not known:
-        raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
-    if not dry_run:
-        _start_run(engine, run_id, "rollback", None, target_run_id)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["table_name"], record["key_column"]), []).append(dict(record))
-    try:
-        for (table, key_column), group in groups.items():
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                _rollback_batch(engine, run_id, table, key_column, chunk, result, dry_run)
-                result.batches += 1
-        _cancel_queue(engine, target_run_id, result, dry_run)
-    except BaseException:
-        if not dry_run:
-            _finish_run(engine, run_id, "failed", result)
-        raise
-    result.seconds = time.perf_counter() - started
-    if not dry_run:
-        _finish_run(engine, run_id, "completed", result)
-    return result
-
-
-def _rollback_batch(
-    engine: sa.Engine,
-    run_id: str,
-    table: str,
-    key_column: str,
-    chunk: list[dict[str, Any]],
-    result: RollbackResult,
-    dry_run: bool,
-) -> None:
-    for attempt in range(1, BATCH_ATTEMPTS + 1):
-        counts: Counter = Counter()
-        try:
-            if dry_run:
-                with engine.connect() as conn:
-                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
-                    conn.rollback()
-            else:
-                with engine.begin() as conn:
-                    _lock_batch(conn, run_id)
-                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
-            result.counts.update(counts)
-            return
-        except _Conflict:
-            if attempt == BATCH_ATTEMPTS:
-                raise DatabaseError(
-                    f"rollback of {table} kept conflicting with concurrent writes; run it again"
-                ) from None
-        except sa.exc.DBAPIError as exc:
-            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
-                time.sleep(0.2 * 2 ** (attempt - 1))
-                continue
-            raise DatabaseError(
-                f"rollback batch on {table} was not applied: {db_error_reason(exc)}; "
-                "earlier batches are restored and audited; run again to finish"
-            ) from None
-
-
-def _restore(
-    conn: sa.Connection,
-    run_id: str,
-    table: str,
-    key_column: str,
-    chunk: list[dict[str, Any]],
-    counts: Counter,
-    dry_run: bool,
-) -> None:
-    befores = [load_values(r["before"]) for r in chunk]
-    afters = [load_values(r["after"]) for r in chunk]
-    columns = sorted({c for values in befores + afters if values for c in values})
-    keys = list(dict.fromkeys(r["row_key"] for r in chunk))
-    query = (
-        sa.select(sa.column(key_column), *[sa.column(c) for c in columns])
-        .select_from(_table(table))
-        .where(sa.column(key_column).in_(list(keys)))
-    )
-    if not dry_run:
-        query = query.with_for_update()
-    current = {str(r[key_column]): dict(r) for r in conn.execute(query).mappings()}
-    done_ids: list[int] = []
-    records: list[dict[str, Any]] = []
-    for record_id, key, before, after in zip(
-        [r["id"] for r in chunk], [r["row_key"] for r in chunk], befores, afters
-    ):
-        row = current.get(str(key))
-        if after is None or row is None:
-            counts["skipped_changed"] += 1  # the row is gone since: nothing to restore onto
-            continue
-        if not all(_same(row[c], v, timestamp=_timestamp_like(v)) for c, v in after.items()):
-            counts["skipped_changed"] += 1
-            continue
-        if before == after:
-            counts["unchanged"] += 1
-            done_ids.append(int(record_id))
-            continue
-        raw_now = {c: row[c] for c in after}
-        if dry_run:
-            counts["removed" if before is None else "restored"] += 1
-            continue
-        condition = sa.and_(
-            sa.column(key_column) == _raw(row[key_column]),
-            *[
-                sa.column(c).is_(None) if v is None else sa.column(c) == _raw(v)
-                for c, v in raw_now.items()
-            ],
-        )
-        if before is None:
-            statement = sa.delete(_table(table)).where(condition)
-            counts["removed"] += 1
-        else:
-            statement = (
-                sa.update(_table(table, before))
-                .where(condition)
-                .values({c: _raw(v) for c, v in before.items()})
-            )
-            counts["restored"] += 1
-        if conn.execute(statement).rowcount != 1:
-            raise _Conflict()
-        done_ids.append(int(record_id))
-        records.append(
-            {
-                "run_id": run_id,
-                "action": "rollback",
-                "kind": None,
-                "table_name": table,
-                "key_column": key_column,
-                "row_key": str(key),
-                "object_key": None,
-                "before": dump_values(raw_now),
-                "after": dump_values(before),
-                "at": utcnow(),
-            }
-        )
-        current[str(key)] = {**row, **(before or {})}
-    if dry_run:
-        return
-    if records:
-        conn.execute(audit.insert(), records)
-    if done_ids:
-        conn.execute(audit.update().where(audit.c.id.in_(done_ids)).values(rolled_back_by=run_id))
-
-
-def _cancel_queue(
-    engine: sa.Engine, target_run_id: str, result: RollbackResult, dry_run: bool
-) -> None:
-    """Queue entries of the run not yet delivered are cancelled; delivered ones cannot be."""
-    with engine.connect() if dry_run else engine.begin() as conn:
-        pending = queue.c.state == "pending"
-        mine = queue.c.run_id == target_run_id
-        cancellable = conn.execute(
-            sa.select(sa.func.count()).select_from(queue).where(mine, pending)
-        ).scalar_one()
-        delivered = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(queue)
-            .where(mine, queue.c.state.in_(["sent", "taken"]))
-        ).scalar_one()
-        result.counts["queue_cancelled"] += cancellable
-        result.counts["queue_already_delivered"] += delivered
-        if not dry_run and cancellable:
-            conn.execute(
-                queue.update().where(mine, pending).values(state="cancelled", taken_at=utcnow())
-            )
-
-
-def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest remediation and rollback runs, newest first (for `integrity rollback --list`)."""
-    with engine.connect() as conn:
-        if not ledger_exists(conn):
-            return []
-        rows = (
-            conn.execute(
-                sa.select(remediation_runs)
-                .order_by(remediation_runs.c.started_at.desc())
-                .limit(limit)
-            )
-            .mappings()
-            .all()
-        )
-    return [dict(r) for r in rows]

@@ -35,9 +35,8 @@ from integrity.remediate import (
     RemediationOptions,
     plan_remediation,
     remediate,
-    rollback,
-    run_history,
 )
+from integrity.rollback import rollback, run_history
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.flaky_proxy import FlakyProxy
 from integrity_tests.world import HOUR, World, found, kinds

@@ -23,7 +23,7 @@ from integrity import ledger, schema, settings
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
-from integrity.defs.remediation import REMEDIATION_TAG, ROLLBACK_COMPLETED_MSG
+from integrity.defs.remediation import REMEDIATION_TAG
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,
@@ -35,6 +35,7 @@ from integrity.diff import ACTION_KINDS
 from integrity.inventory import ALL_TENANTS
 from integrity.queue import SqsQueue, TableQueue
 from integrity.remediate import COMPLETED_MSG
+from integrity.rollback import ROLLBACK_COMPLETED_MSG
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.dagster_world import EXPECTED, TENANTS, plant_drift
 from integrity_tests.flaky_proxy import FlakyProxy

@@ -10,7 +10,6 @@ Both jobs carry the `integrity/remediation` tag that dagster.yaml limits to one 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
 # annotation as an object (see assets.py).
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,18 @@ from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
 from integrity.diff import ACTION_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, db_error_reason
-from integrity.ledger import utcnow
 from integrity.remediate import (
     COUNT_NAMES,
     RemediationOptions,
     RemediationResult,
-    RollbackResult,
     completed_line,
     remediate,
+)
+from integrity.rollback import (
+    ROLLBACK_COUNTS,
+    RollbackResult,
     rollback,
+    rollback_completed_line,
 )
 
 REMEDIATION_TAG = "integrity/remediation"
@@ -41,15 +43,6 @@ REMEDIATION_TAGS = {REMEDIATION_TAG: "true"}
 REMEDIATE_JOB = "remediate"
 ROLLBACK_JOB = "rollback"
 REPORT_ASSET = dg.AssetKey("reconciliation_report")
-ROLLBACK_COMPLETED_MSG = "rollback: completed"
-ROLLBACK_COUNTS = (
-    "restored",
-    "removed",
-    "unchanged",
-    "skipped_changed",
-    "queue_cancelled",
-    "queue_already_delivered",
-)
 
 
 class RemediationConfig(dg.Config):
@@ -257,13 +250,7 @@ def apply_rollback(
             "seconds": dg.MetadataValue.float(result.seconds),
         }
     )
-    record = {
-        "time": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "level": "INFO",
-        "msg": ROLLBACK_COMPLETED_MSG,
-        **summary,
-    }
-    context.log.info(json.dumps(record, ensure_ascii=False, default=str))
+    context.log.info(rollback_completed_line(result))
 
 
 @dg.job(name=REMEDIATE_JOB, tags=REMEDIATION_TAGS)

@@ -1,0 +1,314 @@
+"""Rollback: undo a remediation run from its audit records.
+
+Each record holds the changed columns' values before and after. A row is restored only if it
+still holds the after values (nobody changed it since), conditionally and under lock like the
+forward path, one transaction per batch; rows the run created are removed the same way, and
+queue entries not yet delivered are cancelled. The rollback audits itself under its own run id
+and marks the records it undid, so rolling back twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from integrity.errors import DatabaseError, RemediationRefused, SpecError
+from integrity.inventory import db_error_reason, is_transient, safe_url
+from integrity.ledger import (
+    audit,
+    dump_values,
+    finish_run,
+    ledger_exists,
+    load_values,
+    lock_batch,
+    queue,
+    remediation_runs,
+    start_run,
+    utcnow,
+)
+from integrity.remediate import ALLOW_WRITES_ENV, writes_allowed
+from integrity.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value, table_clause
+
+ROLLBACK_COMPLETED_MSG = "rollback: completed"
+ROLLBACK_COUNTS = (
+    "restored",
+    "removed",
+    "unchanged",
+    "skipped_changed",
+    "queue_cancelled",
+    "queue_already_delivered",
+)
+
+
+@dataclass
+class RollbackResult:
+    run_id: str
+    target_run_id: str
+    dry_run: bool
+    counts: Counter = field(default_factory=Counter)
+    batches: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "rolled_back_run_id": self.target_run_id,
+            "dry_run": self.dry_run,
+            "restored": self.counts["restored"],
+            "removed": self.counts["removed"],
+            "unchanged": self.counts["unchanged"],
+            "skipped_changed": self.counts["skipped_changed"],
+            "queue_cancelled": self.counts["queue_cancelled"],
+            "queue_already_delivered": self.counts["queue_already_delivered"],
+            "batches": self.batches,
+        }
+
+
+def _timestamp_like(value: Any) -> bool:
+    return isinstance(value, datetime)
+
+
+def rollback(
+    engine: sa.Engine,
+    target_run_id: str,
+    *,
+    dry_run: bool = True,
+    run_id: str | None = None,
+    batch_size: int = 100,
+    environ: dict[str, str] | None = None,
+) -> RollbackResult:
+    """Restore the before values a remediation run audited, for rows not changed since.
+
+    Rows created by the run are removed if untouched since; queue entries not yet delivered are
+    cancelled. Every restore is audited under the rollback's own run id, and the original records
+    are marked as rolled back, so a second rollback of the same run changes nothing.
+    """
+    if not dry_run and not writes_allowed(environ):
+        raise RemediationRefused(
+            f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
+            "environment of the run to roll back (or leave dry_run on)"
+        )
+    if batch_size < 1:
+        raise SpecError(f"batch_size: must be at least 1, not {batch_size}")
+    started = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex
+    result = RollbackResult(run_id, target_run_id, dry_run)
+    with engine.connect() as conn:
+        if not ledger_exists(conn):
+            raise RemediationRefused(
+                f"no audit records in {safe_url(engine.url)}: nothing to roll back"
+            )
+        records = (
+            conn.execute(
+                sa.select(audit)
+                .where(audit.c.run_id == target_run_id, audit.c.rolled_back_by.is_(None))
+                .order_by(audit.c.id.desc())
+            )
+            .mappings()
+            .all()
+        )
+        known = conn.execute(
+            sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
+        ).scalar_one()
+    if not known:
+        raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
+    if not dry_run:
+        start_run(engine, run_id, "rollback", None, target_run_id)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["table_name"], record["key_column"]), []).append(dict(record))
+    try:
+        for (table, key_column), group in groups.items():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                _rollback_batch(engine, run_id, table, key_column, chunk, result, dry_run)
+                result.batches += 1
+        _cancel_queue(engine, target_run_id, result, dry_run)
+    except BaseException:
+        if not dry_run:
+            finish_run(engine, run_id, "failed", result)
+        raise
+    result.seconds = time.perf_counter() - started
+    if not dry_run:
+        finish_run(engine, run_id, "completed", result)
+    return result
+
+
+def _rollback_batch(
+    engine: sa.Engine,
+    run_id: str,
+    table: str,
+    key_column: str,
+    chunk: list[dict[str, Any]],
+    result: RollbackResult,
+    dry_run: bool,
+) -> None:
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        counts: Counter = Counter()
+        try:
+            if dry_run:
+                with engine.connect() as conn:
+                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
+                    conn.rollback()
+            else:
+                with engine.begin() as conn:
+                    lock_batch(conn, run_id)
+                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
+            result.counts.update(counts)
+            return
+        except RowConflict:
+            if attempt == BATCH_ATTEMPTS:
+                raise DatabaseError(
+                    f"rollback of {table} kept conflicting with concurrent writes; run it again"
+                ) from None
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            raise DatabaseError(
+                f"rollback batch on {table} was not applied: {db_error_reason(exc)}; "
+                "earlier batches are restored and audited; run again to finish"
+            ) from None
+
+
+def _restore(
+    conn: sa.Connection,
+    run_id: str,
+    table: str,
+    key_column: str,
+    chunk: list[dict[str, Any]],
+    counts: Counter,
+    dry_run: bool,
+) -> None:
+    befores = [load_values(r["before"]) for r in chunk]
+    afters = [load_values(r["after"]) for r in chunk]
+    columns = sorted({c for values in befores + afters if values for c in values})
+    keys = list(dict.fromkeys(r["row_key"] for r in chunk))
+    query = (
+        sa.select(sa.column(key_column), *[sa.column(c) for c in columns])
+        .select_from(table_clause(table))
+        .where(sa.column(key_column).in_(list(keys)))
+    )
+    if not dry_run:
+        query = query.with_for_update()
+    current = {str(r[key_column]): dict(r) for r in conn.execute(query).mappings()}
+    done_ids: list[int] = []
+    records: list[dict[str, Any]] = []
+    for record_id, key, before, after in zip(
+        [r["id"] for r in chunk], [r["row_key"] for r in chunk], befores, afters
+    ):
+        row = current.get(str(key))
+        if after is None or row is None:
+            counts["skipped_changed"] += 1  # the row is gone since: nothing to restore onto
+            continue
+        if not all(same_value(row[c], v, timestamp=_timestamp_like(v)) for c, v in after.items()):
+            counts["skipped_changed"] += 1
+            continue
+        if before == after:
+            counts["unchanged"] += 1
+            done_ids.append(int(record_id))
+            continue
+        raw_now = {c: row[c] for c in after}
+        if dry_run:
+            counts["removed" if before is None else "restored"] += 1
+            continue
+        condition = sa.and_(
+            sa.column(key_column) == raw(row[key_column]),
+            *[
+                sa.column(c).is_(None) if v is None else sa.column(c) == raw(v)
+                for c, v in raw_now.items()
+            ],
+        )
+        if before is None:
+            statement = sa.delete(table_clause(table)).where(condition)
+            counts["removed"] += 1
+        else:
+            statement = (
+                sa.update(table_clause(table, before))
+                .where(condition)
+                .values({c: raw(v) for c, v in before.items()})
+            )
+            counts["restored"] += 1
+        if conn.execute(statement).rowcount != 1:
+            raise RowConflict()
+        done_ids.append(int(record_id))
+        records.append(
+            {
+                "run_id": run_id,
+                "action": "rollback",
+                "kind": None,
+                "table_name": table,
+                "key_column": key_column,
+                "row_key": str(key),
+                "object_key": None,
+                "before": dump_values(raw_now),
+                "after": dump_values(before),
+                "at": utcnow(),
+            }
+        )
+        current[str(key)] = {**row, **(before or {})}
+    if dry_run:
+        return
+    if records:
+        conn.execute(audit.insert(), records)
+    if done_ids:
+        conn.execute(audit.update().where(audit.c.id.in_(done_ids)).values(rolled_back_by=run_id))
+
+
+def _cancel_queue(
+    engine: sa.Engine, target_run_id: str, result: RollbackResult, dry_run: bool
+) -> None:
+    """Queue entries of the run not yet delivered are cancelled; delivered ones cannot be."""
+    with engine.connect() if dry_run else engine.begin() as conn:
+        pending = queue.c.state == "pending"
+        mine = queue.c.run_id == target_run_id
+        cancellable = conn.execute(
+            sa.select(sa.func.count()).select_from(queue).where(mine, pending)
+        ).scalar_one()
+        delivered = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(queue)
+            .where(mine, queue.c.state.in_(["sent", "taken"]))
+        ).scalar_one()
+        result.counts["queue_cancelled"] += cancellable
+        result.counts["queue_already_delivered"] += delivered
+        if not dry_run and cancellable:
+            conn.execute(
+                queue.update().where(mine, pending).values(state="cancelled", taken_at=utcnow())
+            )
+
+
+def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest remediation and rollback runs, newest first (for `integrity rollback --list`)."""
+    with engine.connect() as conn:
+        if not ledger_exists(conn):
+            return []
+        rows = (
+            conn.execute(
+                sa.select(remediation_runs)
+                .order_by(remediation_runs.c.started_at.desc())
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [dict(r) for r in rows]
+
+
+def rollback_completed_line(result: RollbackResult) -> str:
+    """The one structured log line a rollback ends with: `"msg": "rollback: completed"`."""
+    record = {
+        "time": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "level": "INFO",
+        "msg": ROLLBACK_COMPLETED_MSG,
+        **result.summary(),
+        "seconds": round(result.seconds, 3),
+    }
+    return json.dumps(record, ensure_ascii=False, default=str)
