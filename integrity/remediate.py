@@ -555,6 +555,27 @@ def _typed_now(cols: _TableColumns, column: str, now: datetime) -> sa.BindParame
     )
 
 
+def _change(
+    action: str,
+    finding: Any,
+    cols: _TableColumns,
+    row_key: Any,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    """One audit record: which row of which table, by which action and finding, from what to what."""
+    return {
+        "action": action,
+        "kind": finding.kind,
+        "table_name": cols.table,
+        "key_column": cols.key,
+        "row_key": str(row_key),
+        "object_key": finding.key,
+        "before": dump_values(before),
+        "after": dump_values(after),
+    }
+
+
 def _audit(
     conn: sa.Connection,
     ctx: _Context,
@@ -607,16 +628,9 @@ def _mark_error(
             conn,
             ctx,
             [
-                {
-                    "action": "mark_error",
-                    "kind": finding.kind,
-                    "table_name": table,
-                    "key_column": cols.key,
-                    "row_key": str(row[cols.key]),
-                    "object_key": finding.key,
-                    "before": dump_values({c: row[c] for c in after}),
-                    "after": dump_values(after),
-                }
+                _change(
+                    "mark_error", finding, cols, row[cols.key], {c: row[c] for c in after}, after
+                )
                 for finding, row in items
             ],
         )
@@ -670,18 +684,7 @@ def _requeue_or_retry(
     def record(
         finding: Any, action: str, before: dict[str, Any] | None, after: dict[str, Any]
     ) -> None:
-        records.append(
-            {
-                "action": action,
-                "kind": finding.kind,
-                "table_name": table,
-                "key_column": cols.key,
-                "row_key": finding.key,
-                "object_key": finding.key,
-                "before": dump_values(before),
-                "after": dump_values(after),
-            }
-        )
+        records.append(_change(action, finding, cols, finding.key, before, after))
 
     if creates:
         new_table = sa.table(
@@ -801,18 +804,8 @@ def _fix_progress(
                 after[p.completed_at] = cols.now(p.completed_at, now)
         _update(conn, cols, [row for _, row in items], values)
         for finding, row in items:
-            records.append(
-                {
-                    "action": "fix_progress",
-                    "kind": finding.kind,
-                    "table_name": table,
-                    "key_column": cols.key,
-                    "row_key": str(row[cols.key]),
-                    "object_key": finding.key,
-                    "before": dump_values({c: row[c] for c in after}),
-                    "after": dump_values(after),
-                }
-            )
+            before = {c: row[c] for c in after}
+            records.append(_change("fix_progress", finding, cols, row[cols.key], before, after))
     _audit(conn, ctx, records)
 
 
