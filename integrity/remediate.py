@@ -199,11 +199,13 @@ def plan_remediation(report: ReconciliationReport, options: RemediationOptions) 
         )
     findings = report.findings
     selected = findings.loc[findings["kind"].isin(options.kinds) & (findings["action"] != "none")]
+    # The breaker judges the whole report, before the tenant and status filters: a wrong bucket
+    # makes every row of every tenant look missing, and a filter must not hide that.
+    _circuit_breaker(report, selected, options)
     if options.tenant not in (None, "", ALL_TENANTS):
         selected = selected.loc[selected["tenant"] == options.tenant]
     if options.status is not None:
         selected = selected.loc[selected["status"] == options.status]
-    _circuit_breaker(report, selected, options)
     if options.limit is not None:
         selected = selected.head(options.limit)
     return selected.reset_index(drop=True)

@@ -718,6 +718,26 @@ def test_max_change_ratio_is_respected_at_the_boundary(world: World) -> None:
     assert result.counts["marked_error"] == 2
 
 
+def test_a_tenant_or_status_filter_cannot_hide_a_tripped_breaker(world: World) -> None:
+    # Every row of every tenant looks missing (as with a wrong bucket); acting on one tenant's
+    # or one status's share of them must still be refused, and nothing written.
+    for org in ("org-1", "org-2", "org-3", "org-4", "org-5", "org-6"):
+        world.document(f"{org}-a", f"documents/{org}/a.pdf", org=org)
+    report = world.reconcile()
+    assert len(found(report, "missing_original")) == 6
+    before = snapshot(world.engine)
+
+    for narrowed in ({"tenant": "org-1"}, {"status": "complete"}, {"limit": 1}):
+        with pytest.raises(RemediationRefused, match="circuit breaker: marking 6 of 6 rows"):
+            apply(world, report, **narrowed)
+    assert snapshot(world.engine) == before
+    assert ledger_tables(world.engine) == set()
+
+    # Leaving mark_error out of the kinds is not a way round it, but there is then nothing to trip.
+    only_requeue = apply(world, report, kinds=("orphan_object",))
+    assert only_requeue.updated == 0
+
+
 # ------------------------------------------------------------------ 9. refusals
 
 
