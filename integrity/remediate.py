@@ -546,6 +546,10 @@ def _update(
         [cols.key, cols.status, cols.updated_at],
         [(r[cols.key], r[cols.status], r[cols.updated_at]) for r in rows],
     )
+    if conn.dialect.name == "sqlite":
+        # SQLite scans the whole table for a row-value IN (VALUES ...); the key list lets it use
+        # the primary key (PostgreSQL plans the row values well and is slower with both).
+        condition = sa.and_(sa.column(cols.key).in_([r[cols.key] for r in rows]), condition)
     statement = sa.update(table_clause(cols.table, values)).where(condition).values(values)
     if conn.execute(statement).rowcount != len(rows):
         raise RowConflict()
