@@ -30,7 +30,7 @@ Per database and batch size, the worker seeds the reference schema afresh and th
   second run    reconcile again (2 h later) and remediate without force: nothing may change
                 (table dump, audit and queue row counts identical); the re-queued uploads are
                 found again and must be counted already_queued, not queued twice.
-  rollback      integrity.rollback.rollback(run id of the apply): the full table dump must equal
+  rollback      integrity.remediation.rollback.rollback(run id of the apply): the full table dump must equal
                 the dump taken before the apply, and the pending queue entries are cancelled.
 
 Storage re-checks (one HEAD per finding, `--concurrency` in flight) are timed apart from the
@@ -442,7 +442,8 @@ class Commits:
 
 
 def reset_schema(engine: Any) -> None:
-    from integrity import ledger, schema
+    from integrity import schema
+    from integrity.remediation import ledger
 
     ledger.metadata.drop_all(engine)
     schema.drop_reference_schema(engine)
@@ -487,7 +488,7 @@ def dump_difference(a: dict, b: dict) -> dict[str, int]:
 def ledger_counts(engine: Any) -> dict[str, int]:
     import sqlalchemy as sa
 
-    from integrity import ledger
+    from integrity.remediation import ledger
 
     with engine.connect() as conn:
         present = set(sa.inspect(conn).get_table_names())
@@ -524,7 +525,7 @@ def committed_batches(engine: Any, run_id: str) -> int:
     """Batch transactions that committed: each one bumps its run's `batches` in the ledger."""
     import sqlalchemy as sa
 
-    from integrity.ledger import remediation_runs
+    from integrity.remediation.ledger import remediation_runs
 
     with engine.connect() as conn:
         return conn.execute(
@@ -567,8 +568,8 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     from integrity.diff import DiffOptions
     from integrity.errors import RemediationRefused
     from integrity.reconcile import reconcile
-    from integrity.remediate import RemediationOptions, remediate
-    from integrity.rollback import rollback
+    from integrity.remediation import RemediationOptions, remediate
+    from integrity.remediation.rollback import rollback
     from integrity.spec import default_spec
 
     spec = default_spec()
@@ -799,7 +800,7 @@ def expected_kinds() -> tuple[str, ...]:
 
 
 def _counts(counts: Counter) -> dict[str, int]:
-    from integrity.remediate import COUNT_NAMES
+    from integrity.remediation import COUNT_NAMES
 
     return {name: counts[name] for name in COUNT_NAMES}
 

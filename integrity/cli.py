@@ -446,7 +446,7 @@ ROLLBACK_COUNTS: dict[str, str] = {
 class Remediation:
     """What remediation did after the diff (`result`, with --apply) or would do (`planned`)."""
 
-    result: Any = None  # integrity.remediate.RemediationResult, when applied
+    result: Any = None  # integrity.remediation.RemediationResult, when applied
     planned: dict[str, int] | None = None  # findings per action a dry run would hand to --apply
     refused: str | None = None  # why --apply is (or would be) refused
     queue: str | None = None  # where re-queued objects go
@@ -464,7 +464,7 @@ def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
 def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
     """RemediationOptions from the flags; the core's one-line errors, named after the flags."""
     from integrity.errors import SpecError
-    from integrity.remediate import RemediationOptions
+    from integrity.remediation import RemediationOptions
 
     kinds = _parse_kinds(args.kinds)
     if args.limit is not None and args.limit < 1:
@@ -499,7 +499,7 @@ def _cli_wording(message: str) -> str:
 
 def require_writes(command: str) -> None:
     """--apply is refused, before any work, unless the database's owner opted in."""
-    from integrity.remediate import writes_allowed
+    from integrity.remediation import writes_allowed
 
     if not writes_allowed():
         raise RemediationRefused(
@@ -526,7 +526,7 @@ def queue_location(url: str) -> tuple[str, str | None]:
 
 def make_work_queue(queue_url: str | None) -> Any:
     """SQS at the queue URL's own endpoint (region from the URL or the AWS chain), else the table."""
-    from integrity.queue import make_queue
+    from integrity.remediation.queue import make_queue
 
     if not queue_url:
         return make_queue(None)
@@ -543,7 +543,7 @@ def preview(report: ReconciliationReport, options: Any) -> Remediation:
 
     No storage re-check and no row is read: the planning step only (cheap at any size)."""
     from integrity.diff import ACTION_KINDS, ACTIONS
-    from integrity.remediate import plan_remediation
+    from integrity.remediation import plan_remediation
 
     if not report.complete:
         return Remediation()
@@ -585,7 +585,7 @@ def apply_remediation(
     progress: bool = False,
 ) -> Remediation:
     """Run the core's remediation; a refusal is returned (the caller prints it), failures raise."""
-    from integrity.remediate import remediate
+    from integrity.remediation import remediate
 
     run_id = uuid.uuid4().hex
     display = _BatchProgress(sys.stderr if progress else None)
@@ -759,7 +759,7 @@ def _emit(
 
 def _completed(report: ReconciliationReport, remediation: Remediation) -> None:
     """The one structured log line every finished run ends with (on stderr)."""
-    from integrity.remediate import completed_line
+    from integrity.remediation import completed_line
 
     print(completed_line(report, remediation.result), file=sys.stderr, flush=True)
 
@@ -836,7 +836,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from integrity import demo
     from integrity.diff import DiffOptions
     from integrity.inventory import safe_url
-    from integrity.remediate import RemediationOptions
+    from integrity.remediation import RemediationOptions
     from integrity.spec import default_spec
     from integrity.storage.local import LocalStorage
 
@@ -917,7 +917,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         require_writes(f"integrity rollback --run-id {run_id} --apply")
 
     from integrity.inventory import safe_url
-    from integrity.rollback import rollback, run_history
+    from integrity.remediation.rollback import rollback, run_history
 
     db_url = args.db_url or settings.default_db_url()
     database = safe_url(db_url)
@@ -949,7 +949,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(format_rollback(result, database=database))
-    from integrity.rollback import rollback_completed_line
+    from integrity.remediation.rollback import rollback_completed_line
 
     print(rollback_completed_line(result), file=sys.stderr, flush=True)
     return EXIT_OK

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from integrity import ledger
+from integrity.remediation import ledger
 from integrity.schema import create_reference_schema, drop_reference_schema
 
 POSTGRES_URL = os.environ.get("INTEGRITY_TEST_POSTGRES_URL")

@@ -19,7 +19,7 @@ import time
 import sqlalchemy as sa
 
 from integrity.diff import ReconciliationReport
-from integrity.remediate import RemediationOptions, remediate
+from integrity.remediation import RemediationOptions, remediate
 from integrity.spec import default_spec
 from integrity.storage import LocalStorage
 

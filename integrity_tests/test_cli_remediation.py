@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from integrity import cli, settings
 from integrity.demo import EXPECTED_BY_TENANT, EXPECTED_FINDINGS, build_demo, demo_paths
 from integrity.diff import ACTION_KINDS
-from integrity.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE
-from integrity.remediate import COMPLETED_MSG
+from integrity.remediation import COMPLETED_MSG
+from integrity.remediation.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE
 from integrity.storage.local import LocalStorage
 from integrity_tests.world import World
 

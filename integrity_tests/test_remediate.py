@@ -29,14 +29,21 @@ from integrity import schema
 from integrity.diff import ReconciliationReport
 from integrity.errors import QueueError, RemediationRefused, SpecError
 from integrity.inventory import list_storage
-from integrity.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE, audit, queue, remediation_runs
-from integrity.queue import SqsQueue, make_queue
-from integrity.remediate import (
+from integrity.remediation import (
     RemediationOptions,
     plan_remediation,
     remediate,
 )
-from integrity.rollback import rollback, run_history
+from integrity.remediation.ledger import (
+    AUDIT_TABLE,
+    QUEUE_TABLE,
+    RUNS_TABLE,
+    audit,
+    queue,
+    remediation_runs,
+)
+from integrity.remediation.queue import SqsQueue, make_queue
+from integrity.remediation.rollback import rollback, run_history
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.flaky_proxy import FlakyProxy
 from integrity_tests.world import HOUR, World, found, kinds

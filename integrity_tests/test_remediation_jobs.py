@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from integrity import ledger, schema, settings
+from integrity import schema, settings
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
@@ -33,9 +33,9 @@ from integrity.defs.resources import (
 )
 from integrity.diff import ACTION_KINDS
 from integrity.inventory import ALL_TENANTS
-from integrity.queue import SqsQueue, TableQueue
-from integrity.remediate import COMPLETED_MSG
-from integrity.rollback import ROLLBACK_COMPLETED_MSG
+from integrity.remediation import COMPLETED_MSG, ledger
+from integrity.remediation.queue import SqsQueue, TableQueue
+from integrity.remediation.rollback import ROLLBACK_COMPLETED_MSG
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.dagster_world import EXPECTED, TENANTS, plant_drift
 from integrity_tests.flaky_proxy import FlakyProxy

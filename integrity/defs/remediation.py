@@ -23,14 +23,14 @@ from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
 from integrity.diff import ACTION_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, db_error_reason
-from integrity.remediate import (
+from integrity.remediation import (
     COUNT_NAMES,
     RemediationOptions,
     RemediationResult,
     completed_line,
     remediate,
 )
-from integrity.rollback import (
+from integrity.remediation.rollback import (
     ROLLBACK_COUNTS,
     RollbackResult,
     rollback,

@@ -23,7 +23,7 @@ from integrity import settings
 from integrity.database import database_url
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
-from integrity.queue import WorkQueue, make_queue
+from integrity.remediation.queue import WorkQueue, make_queue
 from integrity.spec import ReconciliationSpec, load_spec
 from integrity.storage import LocalStorage, S3Storage
 from integrity.storage.base import ObjectStore

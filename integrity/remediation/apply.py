@@ -1,23 +1,22 @@
-"""Remediation: apply a reconciliation report to the database, safely, audited and reversibly.
+"""Applying remediation: a reconciliation report's findings, as batches of conditional writes.
 
 Per finding kind: rows whose object is missing are marked `error`; unprocessed uploads get a
 `not_started` job and a queue entry; stuck jobs go back to `not_started` with one more attempt
 and a queue entry; plans behind their storage get their progress counters corrected.
 
 The order of safety, for every batch of at most `batch_size` findings:
-1. a report that is incomplete is refused, and so is a plan the circuit breaker trips on;
+1. the plan (plan.py) refuses an incomplete report and a tripped circuit breaker;
 2. storage is checked again for the batch's objects (an object may have arrived);
 3. one transaction takes the write lock, re-reads the rows, and changes only those whose status
    and `updated_at` are still what the inventory saw (the others are `skipped_changed`);
 4. the same transaction writes the audit records and the queue entries, then commits.
 A crash leaves whole batches applied or not at all; a second run finds nothing left to do.
-Objects are never deleted. integrity.rollback undoes a run from its audit records.
+Objects are never deleted. integrity.remediation.rollback undoes a run from its audit records.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -30,12 +29,11 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from integrity import settings
-from integrity.diff import ACTION_KINDS, ACTIONS, FINDING_KINDS, ReconciliationReport
+from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
-from integrity.inventory import ALL_TENANTS, db_error_reason, is_transient, safe_url
+from integrity.inventory import db_error_reason, is_transient, safe_url
 from integrity.keys import resolve_references
-from integrity.ledger import (
+from integrity.remediation.ledger import (
     audit,
     create_ledger,
     dump_values,
@@ -44,8 +42,14 @@ from integrity.ledger import (
     start_run,
     utcnow,
 )
-from integrity.queue import QueueEntry, TableQueue, WorkQueue
-from integrity.rows import (
+from integrity.remediation.plan import (
+    ALLOW_WRITES_ENV,
+    RemediationOptions,
+    plan_remediation,
+    writes_allowed,
+)
+from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
+from integrity.remediation.rows import (
     BATCH_ATTEMPTS,
     RowConflict,
     match_rows,
@@ -55,7 +59,6 @@ from integrity.rows import (
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
 
-ALLOW_WRITES_ENV = settings.ENV_ALLOW_WRITES
 COMPLETED_MSG = "reconcile: completed"
 
 COUNT_NAMES = (
@@ -72,50 +75,6 @@ COUNT_NAMES = (
     "skipped_unverified",
 )
 UPDATE_COUNTS = ("marked_error", "progress_fixed", "jobs_created", "jobs_reset", "retried")
-
-
-def writes_allowed(environ: dict[str, str] | None = None) -> bool:
-    """The database owner's opt-in: INTEGRITY_ALLOW_WRITES=1 in the environment of the run."""
-    return (environ if environ is not None else os.environ).get(ALLOW_WRITES_ENV) == "1"
-
-
-@dataclass(frozen=True)
-class RemediationOptions:
-    """What to act on and how carefully (the Dagster config and the CLI flags map onto this)."""
-
-    dry_run: bool = True
-    kinds: tuple[str, ...] = ACTION_KINDS
-    tenant: str | None = None
-    status: str | None = None
-    batch_size: int = 100
-    concurrency: int = 5
-    limit: int | None = None
-    max_change_ratio: float = 0.2
-    force: bool = False
-    pause: float = 0.0
-    """Seconds to wait between batches, to spread the load on a busy database."""
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.kinds) - set(FINDING_KINDS))
-        if unknown:
-            raise SpecError(
-                f"kinds: unknown finding kind {unknown[0]!r} (one of {', '.join(ACTION_KINDS)})"
-            )
-        report_only = sorted(set(self.kinds) - set(ACTION_KINDS))
-        if report_only:
-            raise SpecError(f"kinds: {report_only[0]!r} is reported only; nothing acts on it")
-        if self.batch_size < 1:
-            raise SpecError(f"batch_size: must be at least 1, not {self.batch_size}")
-        if self.concurrency < 1:
-            raise SpecError(f"concurrency: must be at least 1, not {self.concurrency}")
-        if self.limit is not None and self.limit < 0:
-            raise SpecError(f"limit: must not be negative, not {self.limit}")
-        if not 0 <= self.max_change_ratio <= 1:
-            raise SpecError(
-                f"max_change_ratio: must be between 0 and 1, not {self.max_change_ratio}"
-            )
-        if self.pause < 0:
-            raise SpecError(f"pause: must not be negative, not {self.pause}")
 
 
 @dataclass
@@ -180,59 +139,6 @@ def completed_record(
 
 def completed_line(report: ReconciliationReport | None, result: RemediationResult | None) -> str:
     return json.dumps(completed_record(report, result), ensure_ascii=False, default=str)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def plan_remediation(report: ReconciliationReport, options: RemediationOptions) -> pd.DataFrame:
-    """The findings to act on, in report order, after the safety refusals and the filters.
-
-    Refuses an incomplete report, and trips the circuit breaker when `mark_error` would hit
-    more than `max_change_ratio` of a table's checked rows (unless `force`).
-    """
-    if not report.complete:
-        raise RemediationRefused(
-            f"the report for {report.scope} is incomplete, so nothing is changed: "
-            + ("; ".join(report.reasons) or "reason unknown")
-            + ". Fix the cause and reconcile again."
-        )
-    findings = report.findings
-    selected = findings.loc[findings["kind"].isin(options.kinds) & (findings["action"] != "none")]
-    # The breaker judges the whole report, before the tenant and status filters: a wrong bucket
-    # makes every row of every tenant look missing, and a filter must not hide that.
-    _circuit_breaker(report, selected, options)
-    if options.tenant not in (None, "", ALL_TENANTS):
-        selected = selected.loc[selected["tenant"] == options.tenant]
-    if options.status is not None:
-        selected = selected.loc[selected["status"] == options.status]
-    if options.limit is not None:
-        selected = selected.head(options.limit)
-    return selected.reset_index(drop=True)
-
-
-def _circuit_breaker(
-    report: ReconciliationReport, selected: pd.DataFrame, options: RemediationOptions
-) -> None:
-    marks = selected.loc[selected["action"] == "mark_error"]
-    if marks.empty:
-        return
-    for table, rows in marks.groupby("table", sort=True):
-        hit = rows["row_id"].nunique()
-        checked = report.table_rows.get(table) or report.rows_checked or hit
-        ratio = hit / checked
-        if ratio <= options.max_change_ratio:
-            continue
-        message = (
-            f"circuit breaker: marking {hit:,} of {checked:,} rows of {table} as error "
-            f"({ratio:.0%}) is above max_change_ratio {options.max_change_ratio:g}. "
-            f"This is the usual sign of a wrong bucket, endpoint or prefix (the report checked "
-            f"{report.objects_checked:,} objects in {report.bucket}): check the storage "
-            "configuration; if the objects really are gone, run again with force"
-        )
-        if options.force:
-            continue
-        raise RemediationRefused(message)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from integrity.errors import QueueError
-from integrity.ledger import WAITING_STATES, ledger_exists, queue, utcnow
+from integrity.remediation.ledger import WAITING_STATES, ledger_exists, queue, utcnow
 
 SQS_BATCH = 10
 _IN_CHUNK = 500

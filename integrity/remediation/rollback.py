@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import db_error_reason, is_transient, safe_url
-from integrity.ledger import (
+from integrity.remediation.ledger import (
     audit,
     dump_values,
     finish_run,
@@ -33,8 +33,8 @@ from integrity.ledger import (
     start_run,
     utcnow,
 )
-from integrity.remediate import ALLOW_WRITES_ENV, writes_allowed
-from integrity.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value, table_clause
+from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
+from integrity.remediation.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value, table_clause
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
 ROLLBACK_COUNTS = (
