@@ -24,6 +24,7 @@ from integrity.diff import EXPORT_COLUMNS, FINDING_KINDS
 from integrity.durations import format_duration, parse_duration
 from integrity.errors import UsageError
 from integrity.schema import create_reference_schema
+from integrity_tests.world import FailingListings
 
 SCRUBBED = ("INTEGRITY_", "AWS_ENDPOINT_URL")
 
@@ -185,19 +186,7 @@ def test_incomplete_report_exits_3_with_the_reasons(
     demo: DemoEnvironment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A listing page that failed after its retries makes the report incomplete: exit 3."""
-    from integrity.storage.local import LocalStorage
-
-    class FailingStorage(LocalStorage):
-        def list_pages(self, prefix: str = "", delimiter: str | None = None):
-            if prefix.startswith("organizations/"):
-                from integrity.storage.base import ListingFailed
-
-                raise ListingFailed(
-                    f"listing {prefix} failed after 5 attempts: SlowDown (HTTP 503)"
-                )
-            yield from super().list_pages(prefix, delimiter)
-
-    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingStorage(demo.storage_dir))
+    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingListings(demo.storage_dir))
     code = cli.main(["reconcile", "--db-url", demo.db_url, "--json"])
     out, err = capsys.readouterr()
     assert code == cli.EXIT_INCOMPLETE

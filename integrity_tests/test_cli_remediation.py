@@ -28,7 +28,7 @@ from integrity.diff import ACTION_KINDS
 from integrity.remediation import COMPLETED_MSG
 from integrity.remediation.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE
 from integrity.storage.local import LocalStorage
-from integrity_tests.world import World
+from integrity_tests.world import FailingListings, World
 
 REFERENCE_TABLES = ("documents", "images", "processing_jobs", "plans")
 LEDGER_TABLES = {RUNS_TABLE, AUDIT_TABLE, QUEUE_TABLE}
@@ -265,17 +265,7 @@ def test_circuit_breaker_on_a_wrong_storage_is_one_line_and_force_overrides(
 def test_incomplete_report_with_apply_exits_3_and_changes_nothing(
     demo: Demo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from integrity.storage.base import ListingFailed
-
-    class FailingStorage(LocalStorage):
-        def list_pages(self, prefix: str = "", delimiter: str | None = None):
-            if prefix.startswith("organizations/"):
-                raise ListingFailed(
-                    f"listing {prefix} failed after 5 attempts: SlowDown (HTTP 503)"
-                )
-            yield from super().list_pages(prefix, delimiter)
-
-    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingStorage(demo.storage_dir))
+    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingListings(demo.storage_dir))
     set_writes(monkeypatch)
     engine = demo.engine()
     before = snapshot(engine)

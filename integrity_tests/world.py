@@ -11,7 +11,8 @@ from integrity import schema
 from integrity.diff import DiffOptions, ReconciliationReport
 from integrity.reconcile import reconcile
 from integrity.spec import ReconciliationSpec, default_spec
-from integrity.storage.base import ObjectStore
+from integrity.storage.base import ListingFailed, ObjectStore
+from integrity.storage.local import LocalStorage
 
 HOUR = timedelta(hours=1)
 
@@ -124,3 +125,14 @@ def found(report: ReconciliationReport, kind: str) -> list[tuple[str | None, str
     """(row_id, key) of every finding of a kind, sorted."""
     rows = report.findings.loc[report.findings["kind"] == kind]
     return sorted(zip(rows["row_id"], rows["key"]), key=str)
+
+
+class FailingListings(LocalStorage):
+    """A storage directory whose listings under `organizations/` fail as after their retries."""
+
+    failing_prefix = "organizations/"
+
+    def list_pages(self, prefix: str = "", delimiter: str | None = None):
+        if prefix.startswith(self.failing_prefix):
+            raise ListingFailed(f"listing {prefix} failed after 5 attempts: SlowDown (HTTP 503)")
+        yield from super().list_pages(prefix, delimiter)
