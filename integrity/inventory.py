@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from integrity.database import split_table_name, table_clause
 from integrity.errors import DatabaseError, SpecError, StorageError
 from integrity.keys import like_escape, resolve_references
 from integrity.spec import ReconciliationSpec
@@ -313,11 +314,6 @@ class _Read:
     spec_path: str
 
 
-def _table(name: str) -> sa.TableClause:
-    schema, _, table = name.rpartition(".")
-    return sa.table(table, schema=schema or None)
-
-
 def _reads(spec: ReconciliationSpec, tenant: str | None) -> list[_Read]:
     reads: list[_Read] = []
     for name, t in spec.tables.items():
@@ -412,12 +408,12 @@ def check_database(engine: sa.Engine, spec: ReconciliationSpec) -> None:
     try:
         inspector = sa.inspect(engine)
         for read in reads:
-            schema, _, table = read.table.rpartition(".")
-            if not inspector.has_table(table, schema=schema or None):
+            schema, table = split_table_name(read.table)
+            if not inspector.has_table(table, schema=schema):
                 raise SpecError(
                     f"{read.spec_path}: table {read.table!r} not found in {safe_url(engine.url)}"
                 )
-            present = {c["name"] for c in inspector.get_columns(table, schema=schema or None)}
+            present = {c["name"] for c in inspector.get_columns(table, schema=schema)}
             for canonical, (column, _) in read.columns.items():
                 if column not in present:
                     field_name = (
@@ -448,7 +444,7 @@ def read_database(
         names = list(read.columns)
         query = sa.select(
             *[sa.column(col).label(canon) for canon, (col, _) in read.columns.items()]
-        ).select_from(_table(read.table))
+        ).select_from(table_clause(read.table))
         if read.where is not None:
             query = query.where(read.where)
         schema = pa.schema([(n, _ARROW_TYPES[read.columns[n][1]]) for n in names])
@@ -521,7 +517,9 @@ def discover_tenants(store: ObjectStore, engine: sa.Engine, spec: Reconciliation
         columns.append((spec.plans.table, spec.plans.tenant))
     with engine.connect() as conn:
         for table, column in columns:
-            rows = conn.execute(sa.select(sa.column(column)).select_from(_table(table)).distinct())
+            rows = conn.execute(
+                sa.select(sa.column(column)).select_from(table_clause(table)).distinct()
+            )
             found.update(str(r[0]) for r in rows if r[0] is not None and str(r[0]))
     return sorted(found)
 

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
 from integrity.inventory import db_error_reason, is_transient, safe_url
@@ -54,7 +55,6 @@ from integrity.remediation.rows import (
     RowConflict,
     match_rows,
     same_value,
-    table_clause,
 )
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
@@ -186,12 +186,9 @@ def _inspect_columns(
     other: Iterable[str | None],
 ) -> _TableColumns:
     wanted = [key, status, updated_at, *[c for c in other if c]]
-    schema, _, name = table.rpartition(".")
+    schema, name = split_table_name(table)
     try:
-        found = {
-            c["name"]: c["type"]
-            for c in sa.inspect(engine).get_columns(name, schema=schema or None)
-        }
+        found = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns(name, schema=schema)}
     except sa.exc.NoSuchTableError:
         raise SpecError(f"table {table!r} not found in {safe_url(engine.url)}") from None
     except sa.exc.SQLAlchemyError as exc:
@@ -599,13 +596,14 @@ def _requeue_or_retry(
         records.append(_change(action, finding, cols, finding.key, before, after))
 
     if creates:
-        new_table = sa.table(
-            table_clause(table).name,
-            sa.column(cols.key),
-            sa.column(cols.status),
-            sa.column(j.attempts),
-            sa.column(cols.updated_at, sa.DateTime(timezone=cols.updated_at in cols.aware)),
-            schema=table_clause(table).schema,
+        new_table = table_clause(
+            table,
+            [
+                cols.key,
+                cols.status,
+                j.attempts,
+                sa.column(cols.updated_at, sa.DateTime(timezone=cols.updated_at in cols.aware)),
+            ],
         )
         conn.execute(
             sa.insert(new_table),

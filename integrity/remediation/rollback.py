@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import db_error_reason, is_transient, safe_url
 from integrity.remediation.ledger import (
@@ -34,7 +35,7 @@ from integrity.remediation.ledger import (
     utcnow,
 )
 from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
-from integrity.remediation.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value, table_clause
+from integrity.remediation.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
 ROLLBACK_COUNTS = (

@@ -8,7 +8,7 @@ an audit record) go through `same_value`, which compares timestamps as UTC insta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -73,9 +73,3 @@ def match_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sa.Colu
                 )
             )
     return sa.or_(*clauses) if clauses else sa.false()
-
-
-def table_clause(name: str, columns: Iterable[str] = ()) -> sa.TableClause:
-    """A lightweight table clause naming the columns a statement writes."""
-    schema, _, table = name.rpartition(".")
-    return sa.table(table, *[sa.column(c) for c in columns], schema=schema or None)
