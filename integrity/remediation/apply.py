@@ -32,14 +32,13 @@ import sqlalchemy as sa
 from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
-from integrity.inventory import db_error_reason, is_transient, safe_url
+from integrity.inventory import db_error_reason, safe_url
 from integrity.keys import resolve_references
 from integrity.remediation.ledger import (
     audit,
     create_ledger,
     dump_values,
     finish_run,
-    lock_batch,
     start_run,
     utcnow,
 )
@@ -51,8 +50,9 @@ from integrity.remediation.plan import (
 )
 from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
 from integrity.remediation.rows import (
-    BATCH_ATTEMPTS,
+    BatchNotApplied,
     RowConflict,
+    batch_transaction,
     match_rows,
     same_value,
 )
@@ -330,34 +330,19 @@ def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, b
     if verified.empty:
         return
     handler = _HANDLERS[action]
-    for attempt in range(1, BATCH_ATTEMPTS + 1):
-        counts: Counter = Counter()
-        try:
-            if ctx.options.dry_run:
-                with ctx.engine.connect() as conn:
-                    handler(ctx, conn, verified, counts, bucket)
-                    conn.rollback()
-            else:
-                with ctx.engine.begin() as conn:
-                    lock_batch(conn, ctx.run_id)
-                    handler(ctx, conn, verified, counts, bucket)
-            ctx.counts.update(counts)
-            return
-        except (RowConflict, sa.exc.IntegrityError) as exc:
-            if attempt < BATCH_ATTEMPTS:
-                continue
-            reason = "rows kept changing while the batch was written"
-            if isinstance(exc, sa.exc.IntegrityError):  # or a constraint/trigger refuses it
-                reason += f" (the database said: {db_error_reason(exc)})"
-        except sa.exc.DBAPIError as exc:
-            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
-                time.sleep(0.2 * 2 ** (attempt - 1))
-                continue
-            reason = db_error_reason(exc)
-        raise DatabaseError(
-            f"batch {number} of {total} ({action} on {table}) was not applied: {reason}. "
-            f"{number - 1} earlier batches are applied and audited; run again to finish"
+    try:
+        counts = batch_transaction(
+            ctx.engine,
+            ctx.run_id,
+            lambda conn, counts: handler(ctx, conn, verified, counts, bucket),
+            dry_run=ctx.options.dry_run,
         )
+    except BatchNotApplied as exc:
+        raise DatabaseError(
+            f"batch {number} of {total} ({action} on {table}) was not applied: {exc}. "
+            f"{number - 1} earlier batches are applied and audited; run again to finish"
+        ) from None
+    ctx.counts.update(counts)
 
 
 # --------------------------------------------------------------------------- storage re-check

@@ -21,21 +21,27 @@ import sqlalchemy as sa
 
 from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
-from integrity.inventory import db_error_reason, is_transient, safe_url
+from integrity.inventory import safe_url
 from integrity.remediation.ledger import (
     audit,
     dump_values,
     finish_run,
     ledger_exists,
     load_values,
-    lock_batch,
     queue,
     remediation_runs,
     start_run,
     utcnow,
 )
 from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
-from integrity.remediation.rows import BATCH_ATTEMPTS, RowConflict, raw, same_value
+from integrity.remediation.rows import (
+    BatchNotApplied,
+    RowConflict,
+    batch_transaction,
+    raw,
+    row_matches,
+    same_value,
+)
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
 ROLLBACK_COUNTS = (
@@ -62,18 +68,9 @@ class RollbackResult:
             "run_id": self.run_id,
             "rolled_back_run_id": self.target_run_id,
             "dry_run": self.dry_run,
-            "restored": self.counts["restored"],
-            "removed": self.counts["removed"],
-            "unchanged": self.counts["unchanged"],
-            "skipped_changed": self.counts["skipped_changed"],
-            "queue_cancelled": self.counts["queue_cancelled"],
-            "queue_already_delivered": self.counts["queue_already_delivered"],
+            **{name: self.counts[name] for name in ROLLBACK_COUNTS},
             "batches": self.batches,
         }
-
-
-def _timestamp_like(value: Any) -> bool:
-    return isinstance(value, datetime)
 
 
 def rollback(
@@ -151,32 +148,19 @@ def _rollback_batch(
     result: RollbackResult,
     dry_run: bool,
 ) -> None:
-    for attempt in range(1, BATCH_ATTEMPTS + 1):
-        counts: Counter = Counter()
-        try:
-            if dry_run:
-                with engine.connect() as conn:
-                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
-                    conn.rollback()
-            else:
-                with engine.begin() as conn:
-                    lock_batch(conn, run_id)
-                    _restore(conn, run_id, table, key_column, chunk, counts, dry_run)
-            result.counts.update(counts)
-            return
-        except RowConflict:
-            if attempt == BATCH_ATTEMPTS:
-                raise DatabaseError(
-                    f"rollback of {table} kept conflicting with concurrent writes; run it again"
-                ) from None
-        except sa.exc.DBAPIError as exc:
-            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
-                time.sleep(0.2 * 2 ** (attempt - 1))
-                continue
-            raise DatabaseError(
-                f"rollback batch on {table} was not applied: {db_error_reason(exc)}; "
-                "earlier batches are restored and audited; run again to finish"
-            ) from None
+    try:
+        counts = batch_transaction(
+            engine,
+            run_id,
+            lambda conn, counts: _restore(conn, run_id, table, key_column, chunk, counts, dry_run),
+            dry_run=dry_run,
+        )
+    except BatchNotApplied as exc:
+        raise DatabaseError(
+            f"rollback batch on {table} was not applied: {exc}; "
+            "earlier batches are restored and audited; run again to finish"
+        ) from None
+    result.counts.update(counts)
 
 
 def _restore(
@@ -209,7 +193,9 @@ def _restore(
         if after is None or row is None:
             counts["skipped_changed"] += 1  # the row is gone since: nothing to restore onto
             continue
-        if not all(same_value(row[c], v, timestamp=_timestamp_like(v)) for c, v in after.items()):
+        if not all(
+            same_value(row[c], v, timestamp=isinstance(v, datetime)) for c, v in after.items()
+        ):
             counts["skipped_changed"] += 1
             continue
         if before == after:
@@ -220,13 +206,7 @@ def _restore(
         if dry_run:
             counts["removed" if before is None else "restored"] += 1
             continue
-        condition = sa.and_(
-            sa.column(key_column) == raw(row[key_column]),
-            *[
-                sa.column(c).is_(None) if v is None else sa.column(c) == raw(v)
-                for c, v in raw_now.items()
-            ],
-        )
+        condition = row_matches({key_column: row[key_column], **raw_now})
         if before is None:
             statement = sa.delete(table_clause(table)).where(condition)
             counts["removed"] += 1

@@ -8,12 +8,17 @@ an audit record) go through `same_value`, which compares timestamps as UTC insta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+
+from integrity.inventory import db_error_reason, is_transient
+from integrity.remediation.ledger import lock_batch
 
 BATCH_ATTEMPTS = 3
 """Attempts per batch transaction: a lost connection, a lock timeout or a concurrent change."""
@@ -21,6 +26,51 @@ BATCH_ATTEMPTS = 3
 
 class RowConflict(Exception):
     """A row changed between the batch's read and its write: the batch is rolled back."""
+
+
+class BatchNotApplied(Exception):
+    """A batch was rolled back after its attempts; the message is the reason, one line."""
+
+
+def batch_transaction(
+    engine: sa.Engine,
+    run_id: str,
+    work: Callable[[sa.Connection, Counter], None],
+    *,
+    dry_run: bool,
+) -> Counter:
+    """Run one batch's work in one transaction and return its counts.
+
+    A write batch first takes the write lock (`lock_batch`); a dry run's transaction is rolled
+    back. Conflicts (rows that changed, a constraint) and transient errors (a lock timeout, a
+    lost connection) retry the whole batch; after BATCH_ATTEMPTS it raises BatchNotApplied, and
+    nothing of the batch is applied.
+    """
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        counts: Counter = Counter()
+        try:
+            if dry_run:
+                with engine.connect() as conn:
+                    work(conn, counts)
+                    conn.rollback()
+            else:
+                with engine.begin() as conn:
+                    lock_batch(conn, run_id)
+                    work(conn, counts)
+            return counts
+        except (RowConflict, sa.exc.IntegrityError) as exc:
+            if attempt < BATCH_ATTEMPTS:
+                continue
+            reason = "rows kept changing while the batch was written"
+            if isinstance(exc, sa.exc.IntegrityError):  # or a constraint/trigger refuses it
+                reason += f" (the database said: {db_error_reason(exc)})"
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            reason = db_error_reason(exc)
+        raise BatchNotApplied(reason)
+    raise AssertionError("unreachable")
 
 
 def as_utc(value: Any) -> pd.Timestamp | None:
@@ -62,14 +112,15 @@ def match_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sa.Colu
     clauses: list[sa.ColumnElement[bool]] = []
     if plain:
         clauses.append(sa.tuple_(*[sa.column(c) for c in columns]).in_([tuple(r) for r in plain]))
-    for r in rows:
-        if any(v is None for v in r):
-            clauses.append(
-                sa.and_(
-                    *[
-                        sa.column(c).is_(None) if v is None else sa.column(c) == raw(v)
-                        for c, v in zip(columns, r)
-                    ]
-                )
-            )
+    clauses += [row_matches(dict(zip(columns, r))) for r in rows if any(v is None for v in r)]
     return sa.or_(*clauses) if clauses else sa.false()
+
+
+def row_matches(values: dict[str, Any]) -> sa.ColumnElement[bool]:
+    """One row whose columns hold exactly these raw values (NULLs matched with IS NULL)."""
+    return sa.and_(
+        *[
+            sa.column(c).is_(None) if v is None else sa.column(c) == raw(v)
+            for c, v in values.items()
+        ]
+    )
