@@ -99,9 +99,7 @@ class RemediationResult:
             "dry_run": self.dry_run,
             "planned": self.planned,
             "updated": self.updated,
-            "requeued": self.counts["requeued"],
-            "skipped_changed": self.counts["skipped_changed"],
-            **{name: self.counts[name] for name in COUNT_NAMES if name not in ("requeued",)},
+            **{name: self.counts[name] for name in COUNT_NAMES},
             "batches": self.batches,
         }
 
@@ -150,7 +148,6 @@ class _TableColumns:
     status: str
     updated_at: str
     other: tuple[str, ...]
-    timestamps: frozenset[str]
     aware: frozenset[str]
 
     @property
@@ -200,13 +197,12 @@ def _inspect_columns(
         raise SpecError(
             f"column {missing[0]!r} not found in table {table!r}, which remediation writes"
         )
-    timestamps = {
-        c for c in wanted if isinstance(found[c], (sa.DateTime, sa.TIMESTAMP)) or c == updated_at
+    aware = {
+        c
+        for c in wanted
+        if isinstance(found[c], sa.DateTime) and getattr(found[c], "timezone", False)
     }
-    aware = {c for c in timestamps if getattr(found[c], "timezone", False)}
-    return _TableColumns(
-        table, key, status, updated_at, tuple(wanted[3:]), frozenset(timestamps), frozenset(aware)
-    )
+    return _TableColumns(table, key, status, updated_at, tuple(wanted[3:]), frozenset(aware))
 
 
 def _columns_for(
@@ -279,9 +275,9 @@ def remediate(
         for action in dict.fromkeys(ACTIONS[k] for k in ACTION_KINDS)
     }
     result = RemediationResult(run_id, options.dry_run, report.scope, planned)
+    if not options.dry_run:
+        work_queue.flush(engine)  # what a crashed run committed but did not send
     if plan.empty:
-        if not options.dry_run:
-            work_queue.flush(engine)  # what a crashed run committed but did not send
         result.seconds = time.perf_counter() - started
         return result
     columns = _columns_for(engine, spec, plan)
@@ -292,7 +288,6 @@ def remediate(
     if not options.dry_run:
         create_ledger(engine)
         start_run(engine, run_id, "remediate", report.scope, None)
-        work_queue.flush(engine)  # what a crashed run committed but did not send
     batches = list(_batches(plan, options.batch_size))
     try:
         for number, batch in enumerate(batches, start=1):
@@ -408,8 +403,7 @@ def _read_current(
 
 def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) -> bool:
     """The row still has the status and updated_at the inventory saw."""
-    # A report loaded from its Parquet snapshot has NaN, not None, where no row was seen.
-    status = None if pd.isna(finding.status) else finding.status
+    status = finding.status
     if row is None:
         return status is None
     if status is None:
@@ -443,10 +437,17 @@ def _update(
         raise RowConflict()
 
 
-def _typed_now(cols: _TableColumns, column: str, now: datetime) -> sa.BindParameter[Any]:
-    return sa.bindparam(
-        None, cols.now(column, now), type_=sa.DateTime(timezone=column in cols.aware)
-    )
+def _bound(cols: _TableColumns, values: dict[str, Any]) -> dict[str, Any]:
+    """New values as the UPDATE binds them: timestamps and booleans typed (SQLAlchemy then
+    writes them as the dialect stores them), everything else as it is."""
+    bound: dict[str, Any] = {}
+    for column, value in values.items():
+        if isinstance(value, datetime):
+            value = sa.bindparam(None, value, type_=sa.DateTime(timezone=column in cols.aware))
+        elif isinstance(value, bool):
+            value = sa.bindparam(None, value, type_=sa.Boolean())
+        bound[column] = value
+    return bound
 
 
 def _change(
@@ -506,18 +507,13 @@ def _mark_error(
         counts["marked_error"] += len(items)
         if ctx.options.dry_run:
             continue
-        values: dict[str, Any] = {
-            cols.status: t.error_status,
-            cols.updated_at: _typed_now(cols, cols.updated_at, now),
-        }
         after: dict[str, Any] = {
             cols.status: t.error_status,
             cols.updated_at: cols.now(cols.updated_at, now),
         }
         if t.error:
-            values[t.error] = message
             after[t.error] = message
-        _update(conn, cols, [row for _, row in items], values)
+        _update(conn, cols, [row for _, row in items], _bound(cols, after))
         _audit(
             conn,
             ctx,
@@ -611,16 +607,7 @@ def _requeue_or_retry(
             )
     if resets:
         after = {cols.status: j.not_started_status, cols.updated_at: stamp, j.error: None}
-        _update(
-            conn,
-            cols,
-            [row for _, row in resets],
-            {
-                cols.status: j.not_started_status,
-                cols.updated_at: _typed_now(cols, cols.updated_at, now),
-                j.error: None,
-            },
-        )
+        _update(conn, cols, [row for _, row in resets], _bound(cols, after))
         for f, row in resets:
             record(f, "reset_job", {c: row[c] for c in after}, after)
     if retries:
@@ -629,9 +616,8 @@ def _requeue_or_retry(
             cols,
             [row for _, row in retries],
             {
-                cols.status: j.not_started_status,
+                **_bound(cols, {cols.status: j.not_started_status, cols.updated_at: stamp}),
                 j.attempts: sa.func.coalesce(sa.column(j.attempts), 0) + 1,
-                cols.updated_at: _typed_now(cols, cols.updated_at, now),
             },
         )
         for f, row in retries:
@@ -680,24 +666,16 @@ def _fix_progress(
         counts["progress_fixed"] += len(items)
         if ctx.options.dry_run:
             continue
-        values: dict[str, Any] = {
-            p.completed: expected,
-            cols.updated_at: _typed_now(cols, cols.updated_at, now),
-        }
         after: dict[str, Any] = {p.completed: expected, cols.updated_at: stamp}
         if p.reconciled:
-            values[p.reconciled] = sa.bindparam(None, True, type_=sa.Boolean())
             after[p.reconciled] = True
         if p.reconciled_at:
-            values[p.reconciled_at] = _typed_now(cols, p.reconciled_at, now)
             after[p.reconciled_at] = cols.now(p.reconciled_at, now)
         if done:
-            values[cols.status] = p.complete_status
             after[cols.status] = p.complete_status
             if p.completed_at:
-                values[p.completed_at] = _typed_now(cols, p.completed_at, now)
                 after[p.completed_at] = cols.now(p.completed_at, now)
-        _update(conn, cols, [row for _, row in items], values)
+        _update(conn, cols, [row for _, row in items], _bound(cols, after))
         for finding, row in items:
             before = {c: row[c] for c in after}
             records.append(_change("fix_progress", finding, cols, row[cols.key], before, after))
