@@ -101,15 +101,12 @@ def _circuit_breaker(
         hit = rows["row_id"].nunique()
         checked = report.table_rows.get(table) or report.rows_checked or hit
         ratio = hit / checked
-        if ratio <= options.max_change_ratio:
+        if ratio <= options.max_change_ratio or options.force:
             continue
-        message = (
+        raise RemediationRefused(
             f"circuit breaker: marking {hit:,} of {checked:,} rows of {table} as error "
             f"({ratio:.0%}) is above max_change_ratio {options.max_change_ratio:g}. "
             f"This is the usual sign of a wrong bucket, endpoint or prefix (the report checked "
             f"{report.objects_checked:,} objects in {report.bucket}): check the storage "
             "configuration; if the objects really are gone, run again with force"
         )
-        if options.force:
-            continue
-        raise RemediationRefused(message)

@@ -230,12 +230,12 @@ class SqsQueue(TableQueue):
             if ok:
                 now = utcnow()
                 with engine.begin() as conn:
-                    for row_id, message_id in ok.items():
-                        conn.execute(
-                            queue.update()
-                            .where(queue.c.id == row_id, queue.c.state == "pending")
-                            .values(state="sent", sent_at=now, message_id=message_id)
-                        )
+                    conn.execute(
+                        queue.update()
+                        .where(queue.c.id == sa.bindparam("row_id"), queue.c.state == "pending")
+                        .values(state="sent", sent_at=now, message_id=sa.bindparam("sent_id")),
+                        [{"row_id": i, "sent_id": m} for i, m in ok.items()],
+                    )
                 sent += len(ok)
         if failed:
             raise QueueError(
