@@ -5,18 +5,24 @@ from __future__ import annotations
 import dagster as dg
 
 from integrity.defs import (
+    alert_sensors,
     build_resources,
     daily_reconciliation,
+    event_sensors,
+    policy_sensors,
+    processing_jobs,
     reconcile_job,
     reconciliation_assets,
+    reconciliation_checks,
     remediation_jobs,
     tenant_discovery_sensor,
 )
 
 defs = dg.Definitions(
     assets=reconciliation_assets,
-    jobs=[reconcile_job, *remediation_jobs],
+    asset_checks=reconciliation_checks,
+    jobs=[reconcile_job, *remediation_jobs, *processing_jobs],
     schedules=[daily_reconciliation],
-    sensors=[tenant_discovery_sensor],
+    sensors=[tenant_discovery_sensor, *event_sensors, *alert_sensors, *policy_sensors],
     resources=build_resources(),
 )
