@@ -18,6 +18,9 @@ ENV_SPEC = "INTEGRITY_SPEC"
 ENV_QUEUE_URL = "INTEGRITY_QUEUE_URL"
 ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
 
+# The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
+ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
+
 DEMO_BUCKET = "integrity-demo"
 
 

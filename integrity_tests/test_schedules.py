@@ -1,7 +1,11 @@
-"""The daily schedule and the discovery sensor against a real store, database and instance."""
+"""The daily schedule (and its cron override) and the discovery sensor against a real store,
+database and instance."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,10 +15,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from integrity import settings
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
-from integrity.defs.schedules import daily_reconciliation
+from integrity.defs.schedules import (
+    build_daily_reconciliation,
+    daily_reconciliation,
+    reconcile_cron,
+)
 from integrity.defs.sensors import tenant_discovery_sensor
+from integrity.errors import UsageError
 from integrity.inventory import ALL_TENANTS
 from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import TENANTS, plant_drift
@@ -61,7 +71,9 @@ def test_schedule_requests_one_run_per_tenant_at_two_utc(
 
     assert data.skip_message is None
     assert [r.partition_key for r in data.run_requests] == TENANTS  # never __all__
-    assert [r.run_key for r in data.run_requests] == [f"daily-2026-03-14-{t}" for t in TENANTS]
+    assert [r.run_key for r in data.run_requests] == [
+        f"daily-2026-03-14T0200Z-{t}" for t in TENANTS
+    ]
     assert all(r.tags["dagster/partition"] == r.partition_key for r in data.run_requests)
     assert sorted(instance.get_dynamic_partitions(TENANTS_PARTITIONS)) == TENANTS
 
@@ -122,3 +134,63 @@ def test_sensor_skips_when_the_database_is_unreachable(
     )
     assert "s3cret" not in result.skip_message
     assert instance.get_dynamic_partitions(TENANTS_PARTITIONS) == []
+
+
+def test_cron_override_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(settings.ENV_RECONCILE_CRON, raising=False)
+    assert reconcile_cron() == "0 2 * * *"
+    monkeypatch.setenv(settings.ENV_RECONCILE_CRON, " */15 * * * * ")
+    assert reconcile_cron() == "*/15 * * * *"
+    monkeypatch.setenv(settings.ENV_RECONCILE_CRON, "")
+    assert reconcile_cron() == "0 2 * * *"
+
+
+def test_a_cron_ticking_more_than_daily_launches_every_tick(
+    instance: dg.DagsterInstance, resources: dict[str, Any], repository: dg.RepositoryDefinition
+) -> None:
+    every_minute = build_daily_reconciliation("* * * * *")
+    assert every_minute.name == "daily_reconciliation"
+    assert every_minute.cron_schedule == "* * * * *"
+    keys = []
+    for minute in (0, 1):
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=TWO_AM_UTC.replace(minute=minute),
+            resources=resources,
+            repository_def=repository,
+        )
+        keys.append({r.run_key for r in every_minute.evaluate_tick(context).run_requests})
+    assert keys[0] == {f"daily-2026-03-14T0200Z-{t}" for t in TENANTS}
+    assert keys[1] == {f"daily-2026-03-14T0201Z-{t}" for t in TENANTS}
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "0 2 * *", "every day"])
+def test_a_bad_cron_is_one_line_naming_the_variable(cron: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        build_daily_reconciliation(cron)
+    message = str(caught.value)
+    assert message.startswith(f"INTEGRITY_RECONCILE_CRON={cron!r} is not a valid cron schedule")
+    assert "\n" not in message
+
+
+def test_a_bad_cron_stops_the_code_location_from_loading(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEGRITY_", "DAGSTER_"))}
+    env.update(
+        {
+            "INTEGRITY_HOME": str(tmp_path / "home"),
+            settings.ENV_RECONCILE_CRON: "0 25 * * *",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import integrity.definitions"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert (
+        "UsageError: INTEGRITY_RECONCILE_CRON='0 25 * * *' is not a valid cron schedule"
+        in done.stderr
+    )

@@ -1,28 +1,52 @@
-"""The daily reconciliation: every tenant at 02:00 UTC, one run per tenant partition."""
+"""The daily reconciliation: every tenant at 02:00 UTC, one run per tenant partition.
+
+INTEGRITY_RECONCILE_CRON moves the time (any 5-field cron, still in UTC); it is read when the
+definitions load, and a value Dagster cannot schedule stops the load with one line naming it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from datetime import timezone
 
 import dagster as dg
 from dagster import ScheduleEvaluationContext
 
+from integrity import settings
 from integrity.defs.jobs import reconcile_job
 from integrity.defs.partitions import TENANTS, DiscoveryFailed, discover
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
+from integrity.errors import UsageError
 
 DAILY_CRON = "0 2 * * *"
 DAILY_TIMEZONE = "UTC"
+SCHEDULE_NAME = "daily_reconciliation"
 
 
-@dg.schedule(
-    name="daily_reconciliation",
-    job=reconcile_job,
-    cron_schedule=DAILY_CRON,
-    execution_timezone=DAILY_TIMEZONE,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-def daily_reconciliation(
+def reconcile_cron() -> str:
+    """The cron of the daily reconciliation: INTEGRITY_RECONCILE_CRON, else 02:00 every day."""
+    return os.environ.get(settings.ENV_RECONCILE_CRON, "").strip() or DAILY_CRON
+
+
+def build_daily_reconciliation(cron: str) -> dg.ScheduleDefinition:
+    """The schedule on `cron` (UTC); a cron Dagster rejects raises UsageError naming the variable."""
+    try:
+        return dg.schedule(
+            name=SCHEDULE_NAME,
+            job=reconcile_job,
+            cron_schedule=cron,
+            execution_timezone=DAILY_TIMEZONE,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        )(_daily_reconciliation)
+    except dg.DagsterInvalidDefinitionError:
+        raise UsageError(
+            f"{settings.ENV_RECONCILE_CRON}={cron!r} is not a valid cron schedule: use 5 fields "
+            f"(minute hour day-of-month month day-of-week), e.g. {DAILY_CRON!r} for 02:00 UTC"
+        ) from None
+
+
+def _daily_reconciliation(
     context: ScheduleEvaluationContext,
     storage: StorageResource,
     database: DatabaseResource,
@@ -47,11 +71,18 @@ def daily_reconciliation(
     if new:
         context.instance.add_dynamic_partitions(TENANTS, new)
         context.log.info(f"added {len(new)} new tenant partitions")
+    # One run per tenant per tick: the key names the tick, so a daemon retry of the same tick
+    # launches nothing twice while a cron that ticks more than once a day still runs each time.
     tick = context.scheduled_execution_time
-    day = tick.strftime("%Y-%m-%d") if tick is not None else "manual"
+    when = (
+        tick.astimezone(timezone.utc).strftime("%Y-%m-%dT%H%MZ") if tick is not None else "manual"
+    )
     for tenant in tenants:
         yield dg.RunRequest(
             partition_key=tenant,
-            run_key=f"daily-{day}-{tenant}",
-            tags={"integrity/trigger": "daily_reconciliation"},
+            run_key=f"daily-{when}-{tenant}",
+            tags={"integrity/trigger": SCHEDULE_NAME},
         )
+
+
+daily_reconciliation = build_daily_reconciliation(reconcile_cron())
