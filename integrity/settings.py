@@ -44,3 +44,18 @@ def default_storage_dir() -> Path:
 def snapshot_dir() -> Path:
     """Where the assets keep their Parquet snapshots."""
     return home() / "snapshots"
+
+
+# Alerts: where check transitions and failed runs are sent, and the UI their links point at.
+ENV_ALERT_WEBHOOK_URL = "INTEGRITY_ALERT_WEBHOOK_URL"
+ENV_SLACK_TOKEN = "INTEGRITY_SLACK_TOKEN"
+ENV_SLACK_CHANNEL = "INTEGRITY_SLACK_CHANNEL"
+ENV_SMTP_HOST = "INTEGRITY_SMTP_HOST"
+ENV_SMTP_PORT = "INTEGRITY_SMTP_PORT"
+ENV_SMTP_USER = "INTEGRITY_SMTP_USER"
+ENV_SMTP_PASSWORD = "INTEGRITY_SMTP_PASSWORD"
+ENV_SMTP_STARTTLS = "INTEGRITY_SMTP_STARTTLS"
+ENV_ALERT_EMAIL_FROM = "INTEGRITY_ALERT_EMAIL_FROM"
+ENV_ALERT_EMAIL_TO = "INTEGRITY_ALERT_EMAIL_TO"
+ENV_UI_BASE_URL = "INTEGRITY_UI_BASE_URL"
+DEFAULT_UI_BASE_URL = "http://localhost:3000"

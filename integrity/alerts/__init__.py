@@ -1,0 +1,61 @@
+"""Alerting core: the message, when to send it, and where it goes. No Dagster here."""
+
+from integrity.alerts.destinations import (
+    AlertDeliveryError,
+    DeliveryResult,
+    Destination,
+    EmailDestination,
+    SlackDestination,
+    WebhookDestination,
+    deliver,
+    safe_origin,
+)
+from integrity.alerts.message import (
+    CHECK_FAILED,
+    CHECK_RECOVERED,
+    DEFAULT_UI_BASE_URL,
+    MAX_EXAMPLES,
+    RUN_FAILED,
+    AlertMessage,
+    first_line,
+    run_url,
+)
+from integrity.alerts.transitions import (
+    AlertCursor,
+    CheckBatch,
+    CheckOutcome,
+    TickSummary,
+    Transition,
+    evaluate,
+    latest_per_key,
+    run_tick,
+    state_key,
+)
+
+__all__ = [
+    "CHECK_FAILED",
+    "CHECK_RECOVERED",
+    "DEFAULT_UI_BASE_URL",
+    "MAX_EXAMPLES",
+    "RUN_FAILED",
+    "AlertCursor",
+    "AlertDeliveryError",
+    "AlertMessage",
+    "CheckBatch",
+    "CheckOutcome",
+    "DeliveryResult",
+    "Destination",
+    "EmailDestination",
+    "SlackDestination",
+    "TickSummary",
+    "Transition",
+    "WebhookDestination",
+    "deliver",
+    "evaluate",
+    "first_line",
+    "latest_per_key",
+    "run_tick",
+    "run_url",
+    "safe_origin",
+    "state_key",
+]
