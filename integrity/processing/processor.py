@@ -48,7 +48,7 @@ class ProcessOptions:
     max_object_bytes: int = 512 * 1024 * 1024
     max_pixels: int = 250_000_000
     staged_max_side: int = 1024
-    upload_concurrency: int = 16
+    upload_concurrency: int = 8
     stale_after: timedelta = timedelta(hours=24)
     default_project: str = "unassigned"
 
@@ -171,20 +171,21 @@ class _Run:
         with self.engine.connect() as conn:
             job = state.read_job(conn, spec.jobs, key) if spec.jobs else None
             document = state.read_document_status(conn, spec, key) if tenant else None
-            images = state.find_image_rows(conn, spec, key, self.store.bucket)
+            named = state.find_image_rows(conn, spec, key, self.store.bucket)
         images = [
             r
-            for r in images
+            for r in named
             if r.status not in r.table.table.skip_statuses
             and not (r.status == r.table.ready_status and r.staged)
         ]
         upload_done = document == state.DOCUMENT_COMPLETE and (
             job is None or job.status == state.COMPLETE
         )
-        if tenant is None and not images:
+        if tenant is None and not named:
             return self._done("ignored", "not under the uploads prefix and no images row names it")
         if (tenant is None or upload_done) and not images:
-            return self._done("already_processed", "documents row and job are complete")
+            done = "documents row and job are complete" if tenant else "images rows are staged"
+            return self._done("already_processed", done)
 
         head = self.store.head(key)
         if head is None:
@@ -231,7 +232,7 @@ class _Run:
         if not self.claimed:
             with self.engine.connect() as conn:
                 current = state.read_job(conn, self.spec.jobs, self.key)
-            since = current.started_at.isoformat() if current and current.started_at else "?"
+            since = current.started_at if current and current.started_at else "?"
             status = current.status if current else "absent"
             self._done("busy", f"job is {status} (since {since}); another run holds it")
 

@@ -8,8 +8,8 @@ itself. Every bad input raises BadInput with one line a person can act on.
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ TILE_SUFFIX = ".jpg"
 TILE_QUALITY = 85
 STAGED_QUALITY = 85
 PDF_MAGIC = b"%PDF-"
+PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 
 class BadInput(IntegrityError):
@@ -87,7 +88,7 @@ class PdfDocument:
         import pypdfium2 as pdfium
 
         try:
-            bitmap = self._pdf[index].render(scale=scale, rev_byteorder=True, fill_color=(255,) * 4)
+            bitmap = self._pdf[index].render(scale=scale, rev_byteorder=True)
         except pdfium.PdfiumError as exc:
             raise BadInput(f"page {index + 1} cannot be rendered: {exc}") from None
         array = bitmap.to_numpy()
@@ -111,7 +112,10 @@ def open_pdf(data: bytes, *, dpi: float, max_pixels: int) -> PdfDocument:
         reason = str(exc)
         if "password" in reason.lower():
             raise BadInput("the PDF is encrypted (password protected)") from None
-        raise BadInput(f"the PDF cannot be read ({reason.rstrip('.')})") from None
+        if not PAGE_OBJECT.search(data):
+            raise BadInput("the PDF has no pages") from None
+        detail = reason.rsplit("PDFium: ", 1)[-1].rstrip(").")
+        raise BadInput(f"the PDF cannot be read ({detail}): truncated or damaged?") from None
     document = PdfDocument(data, dpi, max_pixels, pdf)
     if document.pages == 0:
         document.close()
@@ -130,6 +134,8 @@ def load_image(data: bytes, *, max_pixels: int) -> Any:
     """Decode a whole image (so truncation shows now, not halfway through the tiles)."""
     import pyvips
 
+    if not data:
+        raise BadInput("the object is empty (0 bytes)")
     try:
         image = pyvips.Image.new_from_buffer(data, "", access="random", fail_on="truncated")
     except pyvips.Error:
@@ -210,8 +216,3 @@ def expected_tiles(geometry: DziGeometry) -> dict[int, int]:
         level: math.ceil(w / geometry.tile_size) * math.ceil(h / geometry.tile_size)
         for level, (w, h) in enumerate(level_sizes(geometry.width, geometry.height))
     }
-
-
-def iter_pdf_pages(document: PdfDocument, indexes: list[int]) -> Iterator[tuple[int, Any]]:
-    for index in indexes:
-        yield index, document.render(index)

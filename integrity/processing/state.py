@@ -48,10 +48,27 @@ class JobState:
     updated_at: datetime | None
 
 
+def _stamp(name: str) -> sa.ColumnClause[datetime]:
+    """A timestamp column, typed so SQLite stores and compares it like the reference schema."""
+    return sa.column(name, sa.DateTime)
+
+
+def _typed(values: dict[str, Any]) -> list[str | sa.ColumnClause[Any]]:
+    """Columns for the values about to be written, the timestamps typed (see _stamp)."""
+    return [_stamp(k) if isinstance(v, datetime) else k for k, v in values.items()]
+
+
 def _jobs_table(jobs: JobsSpec) -> sa.TableClause:
     return table_clause(
         jobs.table,
-        [jobs.key, jobs.status, jobs.attempts, jobs.started_at, jobs.updated_at, jobs.error],
+        [
+            jobs.key,
+            jobs.status,
+            jobs.attempts,
+            _stamp(jobs.started_at),
+            _stamp(jobs.updated_at),
+            jobs.error,
+        ],
     )
 
 
@@ -177,14 +194,14 @@ def _write_document(
     values: dict[str, Any] = {table.status: DOCUMENT_COMPLETE, table.updated_at: now}
     if table.error and table.error in present:
         values[table.error] = None
-    t = table_clause(table.table, [column, *values])
+    t = table_clause(table.table, [column, *_typed(values)])
     updated = conn.execute(sa.update(t).where(t.c[column] == key).values(values)).rowcount
     if updated:
         return
     values.update({table.id: document_id(key), table.tenant: tenant, column: key})
     if "created_at" in present:
         values["created_at"] = now
-    conn.execute(sa.insert(table_clause(table.table, list(values))).values(values))
+    conn.execute(sa.insert(table_clause(table.table, _typed(values))).values(values))
 
 
 # --------------------------------------------------------------------------- plans
@@ -217,9 +234,9 @@ def _plans_table(plans: PlansSpec) -> sa.TableClause:
         plans.status,
         plans.completed,
         plans.total,
-        plans.updated_at,
+        _stamp(plans.updated_at),
     ]
-    columns += [c for c in (plans.completed_at,) if c]
+    columns += [_stamp(c) for c in (plans.completed_at,) if c]
     return table_clause(plans.table, columns)
 
 
@@ -276,7 +293,7 @@ def start_plan(
             values["started_at"] = now
         if plans.reconciled and plans.reconciled in present:
             values[plans.reconciled] = False
-        conn.execute(sa.insert(table_clause(plans.table, list(values))).values(values))
+        conn.execute(sa.insert(table_clause(plans.table, _typed(values))).values(values))
 
 
 def record_progress(engine: sa.Engine, plans: PlansSpec, plan: PlanRef, completed: int) -> None:
@@ -413,7 +430,7 @@ def set_staged(engine: sa.Engine, row: ImageRow, staged_key: str, now: datetime)
     }
     if tbl.error:
         values[tbl.error] = None
-    t = table_clause(tbl.table, [tbl.id, *values])
+    t = table_clause(tbl.table, [tbl.id, *_typed(values)])
     with engine.begin() as conn:
         result = conn.execute(
             sa.update(t)
