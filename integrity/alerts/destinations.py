@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Protocol
@@ -32,6 +33,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF = 0.5
 _MAX_BACKOFF = 8.0
+_EMAIL_POLICY = email_policy.SMTP.clone(max_line_length=200)
 
 
 class AlertDeliveryError(IntegrityError):
@@ -192,7 +194,9 @@ class EmailDestination:
         return f"email via {self.host}:{self.port} to {len(self.recipients)} recipient(s)"
 
     def build(self, message: AlertMessage) -> EmailMessage:
-        email = EmailMessage()
+        # A longer line than the default 78, so a typical subject is not folded before its
+        # first word (which some clients then show with a leading space).
+        email = EmailMessage(policy=_EMAIL_POLICY)
         email["Subject"] = message.subject
         email["From"] = self.sender
         email["To"] = ", ".join(self.recipients)
