@@ -21,6 +21,10 @@ ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
 
+# The auto-remediation policy (auto_remediation_sensor): kinds applied without a person,
+# a comma list or "none"; overrides the spec's policy.auto_remediate when set.
+ENV_AUTO_REMEDIATE = "INTEGRITY_AUTO_REMEDIATE"
+
 DEMO_BUCKET = "integrity-demo"
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 import string
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from integrity.errors import SpecError
+from integrity.durations import parse_duration
+from integrity.errors import SpecError, UsageError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -177,6 +179,168 @@ class PlansSpec(_Model):
         return v
 
 
+# --------------------------------------------------------------------------- checks and policy
+
+_SHARE = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
+
+
+def parse_share(value: object) -> float:
+    """'50%' -> 0.5; anything else raises ValueError with a message for the field."""
+    match = _SHARE.match(value.strip()) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) > 100:
+        raise ValueError(f"must be a share between 0% and 100%, like '50%', not {value!r}")
+    return float(match.group(1)) / 100
+
+
+def _threshold(value: object) -> int | str | None:
+    """A count (whole number, at least 0), a share ('1%'), or null for never."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, str) and _SHARE.match(value.strip()):
+        parse_share(value)
+        return value.strip().replace(" ", "")
+    raise ValueError(
+        f"must be a count (a whole number, at least 0), a share like '1%', or null, not {value!r}"
+    )
+
+
+class Limit(_Model):
+    """A parsed threshold: exceeded by more than `count` findings or more than `share` of the checked."""
+
+    count: int | None = None
+    share: float | None = None
+
+    def exceeded(self, count: int, ratio: float) -> bool:
+        if self.count is not None:
+            return count > self.count
+        return self.share is not None and ratio > self.share
+
+
+class KindThresholds(_Model):
+    """When one finding kind's check warns and when it fails with ERROR severity.
+
+    Each is the most that passes: a count of findings (0 means any finding) or a share of what
+    the kind is judged against ('1%'); null means never.
+    """
+
+    warn_above: int | str | None = 0
+    error_above: int | str | None = "1%"
+
+    @field_validator("warn_above", "error_above", mode="before")
+    @classmethod
+    def _limits(cls, v: object) -> int | str | None:
+        return _threshold(v)
+
+    @staticmethod
+    def _limit(value: int | str | None) -> Limit:
+        if value is None:
+            return Limit()
+        if isinstance(value, int):
+            return Limit(count=value)
+        return Limit(share=parse_share(value))
+
+    @property
+    def warn(self) -> Limit:
+        return self._limit(self.warn_above)
+
+    @property
+    def error(self) -> Limit:
+        return self._limit(self.error_above)
+
+
+def _kind(warn: int | str | None, error: int | str | None) -> KindThresholds:
+    return KindThresholds(warn_above=warn, error_above=error)
+
+
+class FindingChecks(_Model):
+    """Thresholds per finding kind, one asset check each (a field per kind, so a typo is an error)."""
+
+    orphan_object: KindThresholds = _kind(0, "5%")
+    stuck_job: KindThresholds = _kind(0, "5%")
+    missing_original: KindThresholds = _kind(0, "1%")
+    missing_staged: KindThresholds = _kind(0, "1%")
+    progress_behind: KindThresholds = _kind(0, "5%")
+    foreign_reference: KindThresholds = _kind(0, None)
+    normalization_mismatch: KindThresholds = _kind(0, None)
+
+    def for_kind(self, kind: str) -> KindThresholds:
+        return getattr(self, kind)
+
+
+class InventoryChecks(_Model):
+    """Inventory sanity: an empty or suddenly much smaller inventory means the wrong bucket,
+    endpoint, credentials or database far more often than real data loss."""
+
+    max_shrink: str = Field(
+        default="50%",
+        description="The largest drop since the previous materialization that passes.",
+    )
+    allow_empty: bool = False
+
+    @field_validator("max_shrink", mode="before")
+    @classmethod
+    def _share(cls, v: object) -> str:
+        parse_share(v)
+        return str(v).strip().replace(" ", "")
+
+    @property
+    def max_shrink_share(self) -> float:
+        return parse_share(self.max_shrink)
+
+
+class FreshnessCheckSpec(_Model):
+    """How old the last reconciliation may be before `reconciliation_fresh` fails."""
+
+    max_age: str = Field(default="26h", description="A duration: 26h, 1d2h, 90m or seconds.")
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError(f"must be a duration like '26h', not {v!r}")
+        try:
+            delta = parse_duration(str(v))
+        except UsageError:
+            raise ValueError(
+                f"{str(v)!r} is not a duration (use seconds or a number with a unit: 90m, 26h, 2d)"
+            ) from None
+        if delta.total_seconds() <= 0:
+            raise ValueError(f"must be longer than zero, not {v!r}")
+        return str(v)
+
+    @property
+    def max_age_delta(self) -> timedelta:
+        return parse_duration(self.max_age)
+
+
+class ChecksSpec(_Model):
+    """The asset checks' thresholds; every field has a default, so the section is optional."""
+
+    findings: FindingChecks = Field(default_factory=FindingChecks)
+    inventory: InventoryChecks = Field(default_factory=InventoryChecks)
+    freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
+
+
+ActionKind = Literal[
+    "orphan_object", "stuck_job", "missing_original", "missing_staged", "progress_behind"
+]
+
+
+class PolicySpec(_Model):
+    """What the auto-remediation sensor may apply without a person; nothing by default (dry runs)."""
+
+    auto_remediate: list[ActionKind] = Field(
+        default_factory=list,
+        description="Finding kinds applied automatically when every kind present is listed here.",
+    )
+    max_change_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="The circuit breaker's share for automatic runs (see remediate).",
+    )
+
+
 class ReconciliationSpec(_Model):
     """Everything the reconciliation needs to know about a schema and an object layout."""
 
@@ -185,6 +349,8 @@ class ReconciliationSpec(_Model):
     uploads: UploadsSpec | None = Field(default_factory=UploadsSpec)
     jobs: JobsSpec | None = Field(default_factory=JobsSpec)
     plans: PlansSpec | None = Field(default_factory=PlansSpec)
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
 
     @model_validator(mode="after")
     def _cross_references(self) -> ReconciliationSpec:
