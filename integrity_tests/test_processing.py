@@ -6,6 +6,7 @@ Pages are small (72 dpi, a few hundred points) so the whole file runs in seconds
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
+import pypdfium2 as pdfium
 import pytest
 import pyvips
 import sqlalchemy as sa
@@ -33,7 +36,7 @@ from integrity.processing import (
     parse_dzi,
     process_object,
 )
-from integrity.processing.render import DziGeometry, level_sizes
+from integrity.processing.render import DziGeometry, deep_zoom, level_sizes, open_pdf
 from integrity.processing.state import claim_job, plan_id_for
 from integrity.settings import DEMO_BUCKET
 from integrity.spec import default_spec
@@ -42,6 +45,7 @@ from integrity.storage.base import ObjectStore
 from integrity_tests.pdfs import make_pdf
 
 ORG = "org-1"
+LETTER = (612.0, 792.0)
 PAGE_SIZES = [(600.0, 400.0), (300.0, 520.0), (257.0, 129.0)]  # points = pixels at 72 dpi
 OPTIONS = ProcessOptions(dpi=72)
 SPEC = default_spec()
@@ -135,6 +139,25 @@ def test_dzi_geometry_levels_go_down_to_one_pixel() -> None:
         10: 6,
     }
     assert expected_tiles(DziGeometry(1, 1, 256, 1, "jpg")) == {0: 1}
+
+
+def test_rendered_pages_own_their_pixels(tmp_path: Path) -> None:
+    """pdfium pads rows (425 px x 3 bytes -> 1276) and frees its bitmap; pyvips must not care."""
+    data = make_pdf([(425.0, 300.0), LETTER])
+    expected = pdfium.PdfDocument(data)[0].render(scale=1, rev_byteorder=True).to_numpy()
+    document = open_pdf(data, dpi=72, max_pixels=10**8)
+    image = document.render(0)
+    assert (image.width, image.height, image.bands) == (425, 300, 3)
+    assert np.array_equal(image.numpy(), expected)
+    # A letter page at 150 dpi, tiled after its source buffers are gone (this once crashed).
+    document.dpi = 150
+    letter = document.render(1)
+    document.close()
+    gc.collect()
+    files = deep_zoom(letter, "letter", tmp_path)
+    geometry = parse_dzi(files[-1][1].read_bytes())
+    assert (geometry.width, geometry.height) == (letter.width, letter.height)
+    assert geometry.width == 1275 and len(files) - 1 == sum(expected_tiles(geometry).values())
 
 
 # --------------------------------------------------------------------------- the Dagster job on moto

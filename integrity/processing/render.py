@@ -94,8 +94,15 @@ class PdfDocument:
         array = bitmap.to_numpy()
         height, width = array.shape[:2]
         bands = 1 if array.ndim == 2 else array.shape[2]
-        image = pyvips.Image.new_from_memory(array.tobytes(), width, height, bands, "uchar")
-        return _flatten(image).copy_memory()
+        pixels = array.tobytes()  # contiguous: pdfium pads rows to 4 bytes
+        borrowed = pyvips.Image.new_from_memory(pixels, width, height, bands, "uchar")
+        # new_from_memory borrows `pixels` (only this Python wrapper keeps it alive), and
+        # copy_memory of an image already in memory returns that same image: render through a
+        # copy into memory libvips owns while `pixels` is still referenced here.
+        interpretation = "srgb" if bands >= 3 else "b-w"
+        owned = _flatten(borrowed.copy(interpretation=interpretation)).copy_memory()
+        del borrowed, pixels
+        return owned
 
     def close(self) -> None:
         if self._pdf is not None:
