@@ -157,6 +157,8 @@ def _from_env(name: str) -> dg.EnvVar | None:
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The resources as the environment describes them; no I/O happens here."""
+    from integrity.defs.alerts import alerts_resource_from_env  # imports the jobs, which import us
+
     return {
         "storage": StorageResource(
             bucket=_from_env(settings.ENV_BUCKET),
@@ -171,4 +173,5 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             endpoint_url=_from_env(settings.ENV_ENDPOINT_URL),
             region=_from_env("AWS_REGION") or _from_env("AWS_DEFAULT_REGION"),
         ),
+        "alerts": alerts_resource_from_env(),
     }
