@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -138,6 +139,16 @@ def sheet_names(pages: int) -> list[str]:
     """page-001, page-002, ...: stable for a page count, sorted like the pages."""
     width = max(3, len(str(pages)))
     return [f"page-{n:0{width}d}" for n in range(1, pages + 1)]
+
+
+@dataclass
+class _Sheet:
+    """A sheet rendered and on its way to storage."""
+
+    name: str
+    directory: Path
+    files: int
+    upload: Future[None]
 
 
 class _Run:
@@ -321,20 +332,42 @@ class _Run:
         self.result.sheets_skipped = done
         if done:
             self._progress(plan, done)
-        for index, sheet in enumerate(names):
-            if sheet in present:
-                continue
-            page = image if pdf is None else pdf.render(index)
-            sheet_dir = workdir / sheet
-            sheet_dir.mkdir()
-            files = render.deep_zoom(page, sheet, sheet_dir)
-            del page
-            self._upload(f"{prefix}{sheet}/tiles/", files)
-            done += 1
-            self.result.sheets_written += 1
-            self.result.tiles_written += len(files) - 1
-            self._progress(plan, done)
-            self.say(f"sheet {sheet}: {len(files) - 1} tiles ({done} of {pages})")
+        # Sheet n uploads while sheet n+1 renders (libvips and the network release the GIL);
+        # at most one sheet waits, so at most two sheets' tiles are on disk at once.
+        pending: _Sheet | None = None
+        with (
+            ThreadPoolExecutor(self.options.upload_concurrency) as tile_pool,
+            ThreadPoolExecutor(1) as sheet_pool,
+        ):
+            for index, sheet in enumerate(names):
+                if sheet in present:
+                    continue
+                page = image if pdf is None else pdf.render(index)
+                sheet_dir = workdir / sheet
+                sheet_dir.mkdir()
+                files = render.deep_zoom(page, sheet, sheet_dir)
+                del page
+                if pending is not None:
+                    done = self._sheet_stored(pending, plan, done, pages)
+                upload = sheet_pool.submit(
+                    self._upload, f"{prefix}{sheet}/tiles/", files, tile_pool
+                )
+                pending = _Sheet(sheet, sheet_dir, len(files), upload)
+            if pending is not None:
+                self._sheet_stored(pending, plan, done, pages)
+        # Leaving the pools waits for an upload still in flight when rendering failed.
+
+    def _sheet_stored(self, sheet: _Sheet, plan: state.PlanRef, done: int, pages: int) -> int:
+        """Wait for a sheet's upload (raising its error), then count it and record progress."""
+        sheet.upload.result()
+        shutil.rmtree(sheet.directory, ignore_errors=True)
+        done += 1
+        self.result.sheets_written += 1
+        self.result.tiles_written += sheet.files - 1
+        self.result.objects_written += sheet.files
+        self._progress(plan, done)
+        self.say(f"sheet {sheet.name}: {sheet.files - 1} tiles ({done} of {pages})")
+        return done
 
     def _present_descriptors(self, prefix: str, names: list[str]) -> set[str]:
         """Sheets whose descriptor is already stored: one listing of the plan's prefix."""
@@ -345,7 +378,7 @@ class _Run:
             present.update(wanted[k] for k in page.keys if k in wanted)
         return present
 
-    def _upload(self, prefix: str, files: list[tuple[str, Path]]) -> None:
+    def _upload(self, prefix: str, files: list[tuple[str, Path]], pool: ThreadPoolExecutor) -> None:
         """Tiles in parallel, then the descriptor: a stored .dzi means every tile is there."""
         *tiles, (descriptor, descriptor_path) = files
 
@@ -353,10 +386,8 @@ class _Run:
             rel, path = item
             self.store.put_bytes(prefix + rel, path.read_bytes(), TILE_CONTENT_TYPE)
 
-        with ThreadPoolExecutor(max_workers=self.options.upload_concurrency) as pool:
-            list(pool.map(put, tiles))
+        list(pool.map(put, tiles))
         self.store.put_bytes(prefix + descriptor, descriptor_path.read_bytes(), DZI_CONTENT_TYPE)
-        self.result.objects_written += len(files)
 
     def _progress(self, plan: state.PlanRef, completed: int) -> None:
         plans = self.spec.plans
