@@ -536,3 +536,27 @@ def test_freshness_sensor_launches_the_check_once_per_stale_state(
     )
     [evaluation] = result.get_asset_check_evaluations()
     assert level(evaluation) == ERROR
+
+
+def test_check_names_are_pinned_in_the_code_location() -> None:
+    """Alerting and the end-to-end tests key on these names: a rename is a deliberate act."""
+    from integrity.definitions import defs
+
+    graph = defs.get_repository_def().asset_graph
+    by_asset: dict[str, set[str]] = {}
+    for key in graph.asset_check_keys:
+        by_asset.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    assert by_asset == {
+        "reconciliation_report": {*FINDING_KINDS, FRESHNESS_CHECK},
+        "storage_inventory": {STORAGE_INVENTORY_CHECK},
+        "db_inventory": {DB_INVENTORY_CHECK},
+    }
+    # Per tenant partition, except the whole-asset freshness check.
+    for key in graph.asset_check_keys:
+        partitioned = graph.get_check_spec(key).partitions_def is not None
+        assert partitioned == (key.name != FRESHNESS_CHECK), key
+    sensor = defs.resolve_sensor_def("reconciliation_freshness_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == FRESHNESS_JOB
+    assert sensor.minimum_interval_seconds is not None
+    assert sensor.minimum_interval_seconds <= 3600
