@@ -394,6 +394,22 @@ def test_message_budget_defers_the_rest_without_losing_it() -> None:
     assert [m.partition for m in sent] == ["t3", "t4"]
 
 
+def test_time_budget_defers_sends_once_spent() -> None:
+    cursor = AlertCursor()
+    sent: list[str | None] = []
+
+    def slow_send(message: AlertMessage) -> bool:
+        time.sleep(0.05)
+        sent.append(message.partition)
+        return True
+
+    outcomes = [outcome(False, i, partition=f"t{i}") for i in range(1, 4)]
+    batch = CheckBatch("reconciliation_report:missing_original", outcomes, 3)
+    summary = run_tick(cursor, [batch], slow_send, None, max_messages=20, max_seconds=0.01)
+    assert sent == ["t1"] and summary.deferred == 1
+    assert cursor.after["reconciliation_report:missing_original"] == 1
+
+
 def test_cursor_holds_before_an_evaluation_still_running() -> None:
     cursor = AlertCursor()
     sent, _ = _tick(cursor, [outcome(False, 5)], hold_before=3)

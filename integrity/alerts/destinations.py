@@ -142,7 +142,6 @@ class SlackDestination:
         kinds = {type(handler) for handler in self.client.retry_handlers}
         extra = [ServerErrorRetryHandler(max_retry_count=2), RateLimitErrorRetryHandler(1)]
         self.client.retry_handlers.extend(h for h in extra if type(h) not in kinds)
-        self.client.timeout = min(self.client.timeout, int(DEFAULT_TIMEOUT * 3))
 
     @property
     def description(self) -> str:

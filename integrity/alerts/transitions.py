@@ -18,6 +18,7 @@ destination is not recorded, and the cursor stays before it, so the next tick tr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -163,14 +164,17 @@ def run_tick(
     send: Callable[[AlertMessage], bool],
     ui_base_url: str | None,
     max_messages: int,
+    max_seconds: float | None = None,
 ) -> TickSummary:
     """Apply one tick's outcomes to the cursor, sending a message per transition.
 
     `send` returns whether at least one destination took the message. A transition that was not
     delivered (every destination failed, or the tick's message budget is spent) stops that
     check's batch: its cursor stays before the outcome so the next tick sees it again, and after
-    one failed delivery nothing more is attempted this tick.
+    one failed delivery nothing more is attempted this tick. No send starts after `max_seconds`,
+    so a slow destination cannot push the tick past the sensor's time limit.
     """
+    started = time.monotonic()
     summary = TickSummary()
     delivery_broken = False
     for batch in batches:
@@ -178,7 +182,8 @@ def run_tick(
         for outcome in latest_per_key(batch.outcomes):
             transition, new_state = evaluate(cursor.failing.get(outcome.key), outcome)
             if transition is not None:
-                if delivery_broken or len(summary.sent) >= max_messages:
+                out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
+                if delivery_broken or out_of_time or len(summary.sent) >= max_messages:
                     summary.deferred += 1
                     stop_at = outcome.record_id
                     break

@@ -44,6 +44,8 @@ RUN_FAILURE_ALERT_SENSOR = "run_failure_alert_sensor"
 ALERTS_RESOURCE = "alerts"
 TICK_SECONDS = 30
 MAX_MESSAGES_PER_TICK = 20
+SEND_SECONDS_PER_TICK = 15.0
+"""No new message starts after this; with 5 s timeouts a tick stays within Dagster's 60 s."""
 HISTORY_PAGE = 200
 HISTORY_PAGES = 10
 """At most HISTORY_PAGE * HISTORY_PAGES evaluations of one check are read per tick."""
@@ -83,7 +85,7 @@ class AlertsResource(dg.ConfigurableResource):
         default=None,
         description=f"Base URL of the Dagster UI for run links; unset means {settings.DEFAULT_UI_BASE_URL}.",
     )
-    timeout: float = Field(default=10.0, description="Seconds per request to a destination.")
+    timeout: float = Field(default=5.0, description="Seconds per request to a destination.")
     attempts: int = Field(default=3, ge=1, description="Attempts per message and destination.")
     backoff: float = Field(default=0.5, ge=0, description="First retry pause, doubled each retry.")
 
@@ -119,7 +121,7 @@ class AlertsResource(dg.ConfigurableResource):
         from dagster_slack import SlackResource
 
         client = SlackResource(token=self.slack_token).get_client()
-        client.timeout = int(self.timeout * 3)
+        client.timeout = max(1, round(self.timeout))
         if self.slack_base_url:
             client.base_url = self.slack_base_url.rstrip("/") + "/"
         return client
@@ -335,9 +337,13 @@ def read_batches(context: dg.SensorEvaluationContext, cursor: AlertCursor) -> li
 
 
 def _send_with(context: Any, destinations: Sequence[Destination]):
+    """A sender for one tick: a destination that failed is not tried again in the same tick."""
+    working = list(destinations)
+
     def send(message: AlertMessage) -> bool:
-        result = deliver(destinations, message, log=context.log.warning)
+        result = deliver(working, message, log=context.log.warning)
         if result.ok:
+            working[:] = [d for d in working if d.description in result.delivered]
             context.log.info(
                 f"alert {message.event}: {message.subject} -> {len(result.delivered)} destination(s)"
             )
@@ -371,6 +377,7 @@ def check_alert_sensor(
         _send_with(context, destinations),
         alerts.ui_base_url,
         MAX_MESSAGES_PER_TICK,
+        SEND_SECONDS_PER_TICK,
     )
     parts = [f"{len(summary.sent)} alert(s) sent", f"{len(cursor.failing)} check(s) failing"]
     if summary.undelivered:
