@@ -21,6 +21,22 @@ ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
 
+# The event-driven path (new_object_sensor, bucket_notification_sensor, requeue_sensor);
+# read at each tick by integrity.events.EventSettings.from_env.
+ENV_WATCH_PREFIXES = "INTEGRITY_WATCH_PREFIXES"  # comma list; default: the uploads prefix head
+ENV_WATCH_PAGES = "INTEGRITY_WATCH_PAGES"  # listing pages per tick (default 20)
+ENV_WATCH_SECONDS = "INTEGRITY_WATCH_SECONDS"  # time budget per tick (default 20s)
+ENV_WATCH_PAGE_SIZE = "INTEGRITY_WATCH_PAGE_SIZE"  # keys per listing page (default 1000)
+ENV_WATCH_MAX_RUNS = "INTEGRITY_WATCH_MAX_RUNS"  # run requests per tick (default 500)
+ENV_WATCH_LOOKBACK = "INTEGRITY_WATCH_LOOKBACK"  # clock skew and slow uploads (default 15m)
+ENV_EVENTS_QUEUE_URL = "INTEGRITY_EVENTS_QUEUE_URL"  # SQS queue of bucket notifications
+ENV_EVENTS_DLQ_URL = "INTEGRITY_EVENTS_DLQ_URL"  # where malformed notifications go
+ENV_EVENTS_PREFIXES = "INTEGRITY_EVENTS_PREFIXES"  # comma list of key prefixes to process
+ENV_EVENTS_SUFFIXES = "INTEGRITY_EVENTS_SUFFIXES"  # comma list of key suffixes, e.g. .pdf
+ENV_EVENTS_RECEIVES = "INTEGRITY_EVENTS_RECEIVES"  # receives of 10 messages per tick (default 10)
+ENV_EVENTS_VISIBILITY_TIMEOUT = "INTEGRITY_EVENTS_VISIBILITY_TIMEOUT"  # seconds (default 600)
+ENV_EVENTS_WAIT_SECONDS = "INTEGRITY_EVENTS_WAIT_SECONDS"  # long poll of a tick's first receive
+
 # The auto-remediation policy (auto_remediation_sensor): kinds applied without a person,
 # a comma list or "none"; overrides the spec's policy.auto_remediate when set.
 ENV_AUTO_REMEDIATE = "INTEGRITY_AUTO_REMEDIATE"

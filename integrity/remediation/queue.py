@@ -155,6 +155,55 @@ def take_pending(engine: sa.Engine, limit: int = 100) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+def peek_pending(engine: sa.Engine, *, bucket: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Waiting table-queue entries of a bucket, oldest first, without claiming them.
+
+    For a consumer that marks entries taken only after their work is recorded (`mark_taken`):
+    an entry read twice before that is harmless when the consumer's work is keyed by its id.
+    """
+    with engine.connect() as conn:
+        if not ledger_exists(conn):
+            return []
+        rows = conn.execute(
+            sa.select(queue.c.id, queue.c.object_key, queue.c.bucket, queue.c.reason)
+            .where(
+                queue.c.backend == TableQueue.backend,
+                queue.c.state == "pending",
+                queue.c.bucket == bucket,
+            )
+            .order_by(queue.c.id)
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def mark_taken(engine: sa.Engine, ids: Sequence[int] = (), message_ids: Sequence[str] = ()) -> int:
+    """Mark entries taken by id (table backend, pending) or SQS message id (sent); returns how many.
+
+    Entries no longer waiting (taken already, or cancelled by a rollback) are left as they are.
+    """
+    if not ids and not message_ids:
+        return 0
+    now = utcnow()
+    changed = 0
+    with engine.begin() as conn:
+        if not ledger_exists(conn):
+            return 0
+        for chunk in _chunks(list(ids), _IN_CHUNK):
+            changed += conn.execute(
+                queue.update()
+                .where(queue.c.id.in_(chunk), queue.c.state == "pending")
+                .values(state="taken", taken_at=now)
+            ).rowcount
+        for chunk in _chunks(list(message_ids), _IN_CHUNK):
+            changed += conn.execute(
+                queue.update()
+                .where(queue.c.message_id.in_(chunk), queue.c.state == "sent")
+                .values(state="taken", taken_at=now)
+            ).rowcount
+    return changed
+
+
 class SqsQueue(TableQueue):
     """Production option: entries are sent to an SQS queue after their transaction commits."""
 

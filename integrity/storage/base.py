@@ -23,6 +23,8 @@ class ListingPage:
     etags: list[str] = field(default_factory=list)
     last_modified: list[datetime] = field(default_factory=list)
     common_prefixes: list[str] = field(default_factory=list)
+    # False on the last page of a listing, True when more follow; None when the store cannot say.
+    truncated: bool | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -53,8 +55,13 @@ class ObjectStore(Protocol):
     def check_access(self) -> None:
         """Raise StorageError with one readable line if the store cannot be listed at all."""
 
-    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
-        """Yield pages under prefix until the listing says it is complete."""
+    def list_pages(
+        self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
+    ) -> Iterator[ListingPage]:
+        """Yield pages under prefix, in key order, until the listing says it is complete.
+
+        start_after: list only keys sorting after this one (S3's StartAfter), to resume a pass.
+        """
 
     def head(self, key: str) -> ObjectHead | None:
         """The object's metadata, or None if it does not exist."""

@@ -49,8 +49,13 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def _walk(self, directory: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+        # In key order, as S3 lists: a directory sorts as its name plus '/', so 'a-b' comes
+        # before 'a/...' (resuming after a key then skips exactly the keys already seen).
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(
+                os.scandir(directory),
+                key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name,
+            )
         except FileNotFoundError:
             return
         for entry in entries:
@@ -60,7 +65,9 @@ class LocalStorage:
             elif entry.is_file(follow_symlinks=False):
                 yield key, entry.stat(follow_symlinks=False)
 
-    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
+    def list_pages(
+        self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
+    ) -> Iterator[ListingPage]:
         self.check_access()
         base_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
         base = self.root.joinpath(*base_rel.strip("/").split("/")) if base_rel else self.root
@@ -82,13 +89,15 @@ class LocalStorage:
             yield page
             return
         for key, stat in self._walk(base, base_rel):
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
                 continue
-            self._append(page, key, stat)
-            if len(page) >= self.page_size:
+            if len(page) >= self.page_size:  # a full page goes out once another key follows
+                page.truncated = True
                 yield page
                 self.requests += 1
                 page = ListingPage()
+            self._append(page, key, stat)
+        page.truncated = False
         yield page
 
     @staticmethod

@@ -110,7 +110,9 @@ class S3Storage:
         except BotoCoreError as exc:
             raise StorageError(f"cannot reach {self.description}: {_describe(exc)}") from None
 
-    def list_pages(self, prefix: str = "", delimiter: str | None = None) -> Iterator[ListingPage]:
+    def list_pages(
+        self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
+    ) -> Iterator[ListingPage]:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": prefix,
@@ -118,6 +120,8 @@ class S3Storage:
         }
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if start_after:
+            kwargs["StartAfter"] = start_after
         while True:
             try:
                 response = self._call("list_objects_v2", **kwargs)
@@ -132,6 +136,7 @@ class S3Storage:
                 etags=[o.get("ETag", "") for o in contents],
                 last_modified=[o["LastModified"] for o in contents],
                 common_prefixes=[p["Prefix"] for p in response.get("CommonPrefixes", ())],
+                truncated=bool(response.get("IsTruncated")),
             )
             # Stop on the truncated flag, never on the page size: R2 may return short pages.
             if not response.get("IsTruncated"):
