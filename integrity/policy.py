@@ -3,7 +3,8 @@
 A report is applied automatically only when the policy allows every actionable finding kind
 present in it, the circuit breaker passes, and the database owner opted in to writes
 (INTEGRITY_ALLOW_WRITES=1); otherwise remediation runs as a dry run, with the reason, so a
-person sees what would change. Pure: the Dagster sensor feeds it the report snapshot.
+person sees what would change. An inventory sanity check that failed in the reconciliation's
+run keeps it a dry run too. Pure: the Dagster sensor feeds it the report snapshot.
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ def decide(
     *,
     max_change_ratio: float,
     writes_allowed: bool,
+    failed_checks: Mapping[str, str] | None = None,
 ) -> Decision:
     """Apply only if every actionable kind present is allowed, the breaker passes and writes
     are opted in; else a dry run. Nothing for a report with nothing to act on, or an
-    incomplete one (remediation refuses it, dry run or not)."""
+    incomplete one (remediation refuses it, dry run or not).
+
+    `failed_checks` (inventory sanity check name -> its description) also keeps it a dry run:
+    the breaker only judges rows to mark, while an empty or shrunken inventory (a wrong
+    database or bucket) would make every object an orphan to re-queue.
+    """
     if not report.complete:
         return Decision(
             SKIP,
@@ -92,6 +99,9 @@ def decide(
         # With no other kind, the dry run changes nothing but still shows the refusal.
         others = tuple(kind for kind in present if ACTIONS[kind] != "mark_error")
         return Decision(DRY_RUN, others, str(exc).split(". ", 1)[0])
+    if failed_checks:
+        name, description = next(iter(sorted(failed_checks.items())))
+        return Decision(DRY_RUN, present, f"{name} failed: {description}")
     not_allowed = [kind for kind in present if kind not in allowed]
     if not_allowed:
         return Decision(DRY_RUN, present, "the policy does not allow " + ", ".join(not_allowed))

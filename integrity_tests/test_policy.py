@@ -20,7 +20,7 @@ import yaml
 
 from integrity import schema, settings
 from integrity.defs.assets import reconciliation_assets
-from integrity.defs.checks import REPORT_KEY
+from integrity.defs.checks import REPORT_KEY, reconciliation_checks
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.policy import (
@@ -98,6 +98,18 @@ def test_decision_on_a_real_report(org_report: ReconciliationReport) -> None:
     assert (tripped.mode, tripped.kinds) == (DRY_RUN, SAFE_KINDS)
     assert tripped.reason.startswith("circuit breaker: marking 1 of 2 rows of documents")
     assert "\n" not in tripped.reason
+
+
+def test_a_failed_inventory_check_keeps_it_a_dry_run(org_report: ReconciliationReport) -> None:
+    decision = decide(
+        org_report,
+        ORG_KINDS,
+        max_change_ratio=1,
+        writes_allowed=True,
+        failed_checks={"db_inventory_sane": "rows read: empty"},
+    )
+    assert (decision.mode, decision.kinds) == (DRY_RUN, ORG_KINDS)
+    assert decision.reason == "db_inventory_sane failed: rows read: empty"
 
 
 def test_no_run_for_an_incomplete_report_or_nothing_to_do(
@@ -374,3 +386,56 @@ def test_bad_policy_skips_the_tick_with_one_line_and_keeps_the_cursor(
     # Fixed: the report waiting since is judged.
     monkeypatch.delenv(AUTO_REMEDIATE_ENV)
     assert len(tick(instance, resources["spec"]).run_requests) == 1
+
+
+def test_shrunken_inventory_in_the_reports_run_keeps_it_a_dry_run(
+    tmp_path: Path,
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    storage_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The breaker judges only rows to mark; a listing that lost most of its objects since the
+    last run (a wrong bucket or prefix) must not be applied either."""
+    everything = SpecResource(
+        path=str(
+            write_policy(
+                tmp_path,
+                {"auto_remediate": list(ACTION_KINDS), "max_change_ratio": 1.0},
+                "everything.yaml",
+            )
+        )
+    )
+    checked = {**resources, "spec": everything}
+    monkeypatch.setenv(settings.ENV_ALLOW_WRITES, "1")
+
+    def reconcile_with_checks() -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [*reconciliation_assets, *reconciliation_checks],
+            resources={k: v for k, v in checked.items() if k != "queue"},
+            partition_key="org-1",
+            instance=instance,
+        )
+
+    reconcile_with_checks()
+    [first] = tick(instance, everything).run_requests
+    assert first.tags[MODE_TAG] == APPLY
+
+    for key in (
+        "documents/org-1/ok.pdf",
+        "documents/org-1/orphan.pdf",
+        "documents/org-1/stuck.pdf",
+    ):
+        (storage_root / key).unlink()
+    result = reconcile_with_checks()  # 5 objects -> 2
+    [sanity] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "storage_inventory_sane"
+    ]
+    assert not sanity.passed
+    result = tick(instance, everything, first.run_key.rsplit("-", 1)[1])
+    assert isinstance(result, dg.SensorResult)
+    [second] = result.run_requests
+    assert second.tags[MODE_TAG] == DRY_RUN
+    assert second.tags[REASON_TAG].startswith(
+        "storage_inventory_sane failed: objects listed: 2, down 60% from 5"
+    )

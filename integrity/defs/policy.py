@@ -2,7 +2,8 @@
 
 `auto_remediation_sensor` reads new report materializations from the event log (its cursor is
 the last storage id it judged), judges each partition's report with the core policy
-(integrity.policy: allowed kinds, circuit breaker, INTEGRITY_ALLOW_WRITES) and launches the
+(integrity.policy: allowed kinds, circuit breaker, INTEGRITY_ALLOW_WRITES, and the inventory
+sanity checks of the report's run, once that run has ended) and launches the
 `remediate` job for that partition: applied when the policy allows it, else a dry run whose
 tags say why. The run key is the materialization's storage id, so a re-evaluated tick never
 launches twice. The freshness sensor of the checks runs here too (it is a policy on when a
@@ -12,11 +13,13 @@ reconciliation must have happened).
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
 # annotation as an object (see assets.py).
 
+import time
 from typing import Any
 
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from integrity.checks import DB_INVENTORY_CHECK, STORAGE_INVENTORY_CHECK
 from integrity.defs.checks import REPORT_KEY, freshness_sensors
 from integrity.defs.remediation import REMEDIATE_JOB
 from integrity.defs.resources import SpecResource
@@ -34,6 +37,10 @@ TENANT_TAG = "integrity/tenant"
 REPORT_TAG = "integrity/report_storage_id"
 REMEDIATE_OP = "apply_remediation"
 REPORTS_PER_TICK = 50
+TICK_BUDGET_SECONDS = 30.0
+"""Reports are judged until this much time has passed; the rest wait for the next tick."""
+RUN_WAIT_SECONDS = 3600.0
+"""How long a report waits for its run to end (a run that died without ending cannot block)."""
 _TAG_LIMIT = 200
 
 
@@ -70,6 +77,28 @@ def remediation_request(
             REPORT_TAG: str(storage_id),
         },
     )
+
+
+SANITY_CHECKS = (STORAGE_INVENTORY_CHECK, DB_INVENTORY_CHECK)
+
+
+def failed_sanity_checks(
+    instance: dg.DagsterInstance, run_id: str, partition: str
+) -> dict[str, str]:
+    """The inventory sanity checks that failed with ERROR in the report's run, for its partition."""
+    failed: dict[str, str] = {}
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        event = entry.dagster_event
+        evaluation = event.event_specific_data if event is not None else None
+        if (
+            isinstance(evaluation, dg.AssetCheckEvaluation)
+            and evaluation.check_name in SANITY_CHECKS
+            and evaluation.partition in (None, partition)
+            and not evaluation.passed
+            and evaluation.severity == dg.AssetCheckSeverity.ERROR
+        ):
+            failed[evaluation.check_name] = evaluation.description or "failed"
+    return failed
 
 
 def _snapshot_path(record: Any) -> str | None:
@@ -110,7 +139,22 @@ def auto_remediation_sensor(
     may_write = writes_allowed()
     requests: list[dg.RunRequest] = []
     notes: list[str] = []
+    started = time.monotonic()
+    judged = 0
     for record in records:
+        if judged and time.monotonic() - started > TICK_BUDGET_SECONDS:
+            notes.append(f"{len(records) - judged} reports left for the next tick")
+            break
+        run = context.instance.get_run_by_id(record.run_id)
+        if (
+            run is not None
+            and not run.is_finished
+            and time.time() - record.timestamp < RUN_WAIT_SECONDS
+        ):
+            # Its checks may still be running: judge it when the run has ended.
+            notes.append(f"waiting for run {record.run_id} to finish")
+            break
+        judged += 1
         partition = record.partition_key
         if partition is None:
             continue
@@ -127,7 +171,11 @@ def auto_remediation_sensor(
             notes.append(f"{partition}: the materialization names no report snapshot")
             continue
         decision = decide(
-            report, allowed, max_change_ratio=policy.max_change_ratio, writes_allowed=may_write
+            report,
+            allowed,
+            max_change_ratio=policy.max_change_ratio,
+            writes_allowed=may_write,
+            failed_checks=failed_sanity_checks(context.instance, record.run_id, partition),
         )
         if decision.mode == SKIP:
             notes.append(f"{partition}: no remediation run, {decision.reason}")
@@ -138,7 +186,9 @@ def auto_remediation_sensor(
         )
     for note in notes:
         context.log.info(note)
-    cursor = str(records[-1].storage_id)
+    if not judged:
+        return dg.SkipReason("; ".join(notes))
+    cursor = str(records[judged - 1].storage_id)
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
     return dg.SensorResult(skip_reason="; ".join(notes) or "nothing to remediate", cursor=cursor)
