@@ -38,7 +38,13 @@ from integrity.defs.resources import DatabaseResource, SpecResource, StorageReso
 from integrity.inventory import ALL_TENANTS
 from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import TENANTS, plant_drift
-from integrity_tests.test_alerts import SECRET_PATH, RecordingServer, free_port
+from integrity_tests.test_alerts import (
+    SECRET_PATH,
+    MailServer,
+    RecordingServer,
+    free_port,
+    running_smtp,
+)
 
 UI = "http://dagster.example:3000"
 
@@ -48,6 +54,12 @@ def http_server() -> Iterator[RecordingServer]:
     server = RecordingServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[MailServer]:
+    with running_smtp() as server:
+        yield server
 
 
 @pytest.fixture
@@ -222,7 +234,7 @@ def test_toy_check_fails_escalates_recovers_and_fails_again(
     assert events == [
         ("check_failed", "WARN", "a"),
         ("check_failed", "ERROR", "a"),  # the escalation
-        ("check_recovered", "WARN", "a"),
+        ("check_recovered", "ERROR", "a"),  # the severity the failure had
         ("check_failed", "WARN", "a"),
     ]
     first = http_server.posts[0].json()
@@ -263,6 +275,39 @@ def test_one_destination_failing_does_not_hold_back_the_others(
     assert "toy|toy_clean|c" in result.cursor
     result = tick(TOY_DEFS, instance, result.cursor, alerts)
     assert len(http_server.posts) == 1
+
+
+def test_every_configured_destination_gets_the_message(
+    instance: dg.DagsterInstance, http_server: RecordingServer, smtp_server: MailServer
+) -> None:
+    slack_api = RecordingServer(body=b'{"ok": true, "channel": "C1", "ts": "1.0"}').start()
+    try:
+        alerts = webhook(
+            http_server,
+            slack_token="xoxb-secret-token",
+            slack_channel="#data-ops",
+            slack_base_url=slack_api.base_url + "/api",
+            smtp_host="127.0.0.1",
+            smtp_port=str(smtp_server.port),
+            email_from="integrity@example.com",
+            email_to="ops@example.com, oncall@example.com",
+        )
+        run_toy(instance, "a", 3)
+        result = tick(TOY_DEFS, instance, None, alerts)
+        assert result.skip_reason.skip_message.startswith("1 alert(s) sent")
+        [hook] = http_server.posts
+        [chat] = slack_api.posts
+    finally:
+        slack_api.stop()
+    assert hook.json()["check"] == "toy_clean" and hook.json()["counts"] == {"count": 3}
+    assert chat.path == "/api/chat.postMessage" and chat.json()["channel"] == "#data-ops"
+    assert chat.headers["Authorization"] == "Bearer xoxb-secret-token"
+    [(sender, recipients, email)] = smtp_server.recorder.messages
+    assert recipients == ["ops@example.com", "oncall@example.com"]
+    assert email["Subject"] == "integrity: toy_clean on toy failed (WARN) [a]"
+    link = hook.json()["run_url"]
+    assert link.startswith(UI + "/runs/") and link in chat.json()["text"]
+    assert link in email.get_payload(decode=True).decode()
 
 
 def test_message_budget_spreads_a_burst_over_ticks(

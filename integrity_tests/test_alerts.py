@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email import policy as email_policy
@@ -161,8 +162,8 @@ def _authenticator(logins: list[str]):
     return authenticate
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[MailServer]:
+@contextmanager
+def running_smtp() -> Iterator[MailServer]:
     """Plain SMTP with AUTH offered without TLS (a relay inside a private network)."""
     from aiosmtpd.controller import Controller
 
@@ -175,8 +176,16 @@ def smtp_server() -> Iterator[MailServer]:
         auth_require_tls=False,
     )
     controller.start()
-    yield MailServer(port, recorder, logins)
-    controller.stop()
+    try:
+        yield MailServer(port, recorder, logins)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[MailServer]:
+    with running_smtp() as server:
+        yield server
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:

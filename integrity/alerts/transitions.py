@@ -55,21 +55,23 @@ class CheckOutcome:
 
 @dataclass(frozen=True)
 class Transition:
-    """A change of state worth a message."""
+    """A change of state worth a message; `previous_severity` is the recorded failure's."""
 
     event: str
     outcome: CheckOutcome
     previous_severity: str | None = None
 
     def message(self, ui_base_url: str | None) -> AlertMessage:
+        """A recovery carries the severity the failure had, so it can be routed like the failure."""
         outcome = self.outcome
+        recovered = self.event == CHECK_RECOVERED
         return AlertMessage(
             event=self.event,  # type: ignore[arg-type]
             check=outcome.check,
             asset=outcome.asset,
             partition=outcome.partition,
-            severity=outcome.severity,
-            previous_severity=self.previous_severity,
+            severity=self.previous_severity if recovered else outcome.severity,
+            previous_severity=None if recovered else self.previous_severity,
             counts=dict(outcome.counts),
             examples=list(outcome.examples),
             description=outcome.description,
@@ -87,7 +89,7 @@ def evaluate(failing: str | None, outcome: CheckOutcome) -> tuple[Transition | N
     if outcome.passed:
         if failing is None:
             return None, None
-        return Transition(CHECK_RECOVERED, outcome), None
+        return Transition(CHECK_RECOVERED, outcome, previous_severity=failing), None
     if failing is None:
         return Transition(CHECK_FAILED, outcome), outcome.severity
     if _rank(outcome.severity) > _rank(failing):
