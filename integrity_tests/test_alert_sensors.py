@@ -28,6 +28,7 @@ from integrity.defs.alerts import (
     AlertsResource,
     alerts_resource_from_env,
     check_alert_sensor,
+    counts_and_examples,
     run_failure_alert_sensor,
 )
 from integrity.defs.assets import reconciliation_assets
@@ -348,6 +349,28 @@ def test_resource_from_env_keeps_secrets_as_env_vars(monkeypatch: pytest.MonkeyP
         destinations, problems = built.alerts.destinations()
     assert [d.description for d in destinations] == ["webhook https://hooks.example.com"]
     assert problems == []
+
+
+def test_counts_and_examples_from_check_metadata() -> None:
+    table = dg.MetadataValue.table(
+        records=[dg.TableRecord({"kind": "orphan_object", "key": "documents/a.pdf"})],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn("kind", "string"), dg.TableColumn("key", "string")]
+        ),
+    )
+    stale = dg.MetadataValue.json([{"partition": "org-1", "age": "30h"}] * 7)
+    counts, examples = counts_and_examples(
+        {
+            "count": dg.MetadataValue.int(3),
+            "ratio": dg.MetadataValue.float(float("nan")),  # not valid JSON: left out
+            "complete": dg.MetadataValue.bool(True),
+            "warn_above": dg.MetadataValue.text("0"),
+            "examples": table,
+            "examples_stale": stale,
+        }
+    )
+    assert counts == {"count": 3}
+    assert examples == ["documents/a.pdf", *["org-1 (30h)"] * 4]
 
 
 # --------------------------------------------------------------------------- failed runs
