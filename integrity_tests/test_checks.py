@@ -560,3 +560,27 @@ def test_check_names_are_pinned_in_the_code_location() -> None:
     assert sensor.job_name == FRESHNESS_JOB
     assert sensor.minimum_interval_seconds is not None
     assert sensor.minimum_interval_seconds <= 3600
+
+
+def test_bad_checks_section_fails_the_run_with_one_line(
+    tmp_path: Path, sqlite_engine: sa.Engine, storage_root: Path, instance: dg.DagsterInstance
+) -> None:
+    spec = write_spec(tmp_path, checks={"inventory": {"max_shrink": "half"}})
+    resources = make_resources(
+        tmp_path, sqlite_engine, StorageResource(storage_dir=str(storage_root)), spec
+    )
+    result = dg.materialize(
+        [*reconciliation_assets, *reconciliation_checks],
+        resources=resources,
+        partition_key="org-1",
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert failure.step_failure_data.user_failure_data is not None
+    message = failure.step_failure_data.user_failure_data.description
+    assert message == (
+        f"{spec}: checks.inventory.max_shrink: must be a share between 0% and 100%, "
+        "like '50%', not 'half'"
+    )
