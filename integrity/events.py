@@ -19,7 +19,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote_plus
@@ -681,7 +681,7 @@ def poll_new_objects(
     continues a pass that ran out of budget; prefixes take turns going first.
     """
     watched = minimal_prefixes(prefixes)
-    state = {p: cursor.prefixes.get(p) or PrefixPass() for p in watched}
+    state = {p: replace(cursor.prefixes.get(p) or PrefixPass()) for p in watched}  # a copy
     result = PollResult(found=[], cursor=WatchCursor(state, cursor.turn))
     if not watched:
         return result

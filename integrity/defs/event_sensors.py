@@ -44,7 +44,7 @@ from integrity.events import (
     sqs_client,
     unique_by_run_key,
 )
-from integrity.inventory import db_error_reason
+from integrity.inventory import db_error_reason, minimal_prefixes
 from integrity.remediation.queue import mark_taken, peek_pending
 
 NEW_OBJECT_SENSOR = "new_object_sensor"
@@ -142,7 +142,8 @@ def new_object_sensor(
         store.page_size = conf.page_size  # type: ignore[union-attr]
     cursor = WatchCursor.load(context.cursor)
     first_pass = any(
-        (cursor.prefixes.get(p) is None or cursor.prefixes[p].since is None) for p in prefixes
+        p not in cursor.prefixes or cursor.prefixes[p].since is None
+        for p in minimal_prefixes(prefixes)
     )
     now = datetime.now(timezone.utc)
     try:
