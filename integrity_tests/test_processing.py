@@ -427,7 +427,12 @@ BAD_INPUTS = {
         "cut.pdf",
         "the PDF cannot be read",
     ),
-    "too_large": (lambda: b"%PDF-1.4\n" + b"0" * 5000, "huge.pdf", "over the limit of 4,096"),
+    "huge_page": (
+        lambda: make_pdf([(300.0, 200.0), (5000.0, 8000.0)]),
+        "poster.pdf",
+        "page 2 would render to 40,000,000 pixels at 72 dpi, over the limit of 1,000,000",
+    ),
+    "too_large": (lambda: b"%PDF-1.4\n" + b"0" * 5000, "big.pdf", "over the limit of 4,096"),
 }
 
 
@@ -459,7 +464,7 @@ def test_bad_input_fails_only_its_own_job(
     key = f"documents/{ORG}/uploads/{name}"
     store.put_bytes(key, make())
     before_rows, before_objects = _all_rows(sqlite_engine), _keys(store)
-    options = ProcessOptions(dpi=72, max_object_bytes=4096)
+    options = ProcessOptions(dpi=72, max_object_bytes=4096, max_pixels=1_000_000)
     with pytest.raises(ProcessingFailed) as failed:
         _process(key, store, sqlite_engine, options=options)
     line = str(failed.value)

@@ -8,6 +8,7 @@ the work once; every failure ends as one line in that row and a ProcessingFailed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -202,11 +203,11 @@ class _Run:
         if head is None:
             if job is None or job.status == state.COMPLETE:
                 return self._done("gone", "the object is not in storage and no job waits for it")
-            self._claim_or_busy(job)
+            self._claim_or_busy()
             if not self.claimed:
                 return self.result
             self._fail(f"object {key} not found in {self.store.description}")
-        self._claim_or_busy(job)
+        self._claim_or_busy()
         if not self.claimed:
             return self.result
         try:
@@ -230,7 +231,7 @@ class _Run:
             self._fail(_reason(exc))
         return self.result
 
-    def _claim_or_busy(self, job: state.JobState | None) -> None:
+    def _claim_or_busy(self) -> None:
         if self.claimed:
             return
         if self.spec.jobs is None:
@@ -283,16 +284,9 @@ class _Run:
                 first = image if image is not None else pdf.render(0)  # type: ignore[union-attr]
                 self._stage(first, images)
             if tenant is not None:
-                self._tile(tenant, pdf, image, pages, workdir)
-                state.finish_upload(
-                    self.engine,
-                    self.spec,
-                    self.key,
-                    tenant,
-                    self._plan if self.spec.plans is not None else None,
-                    pages,
-                    state.utcnow(),
-                )
+                plan = self._tile(tenant, pdf, image, pages, workdir)
+                now = state.utcnow()
+                state.finish_upload(self.engine, self.spec, self.key, tenant, plan, pages, now)
             else:
                 state.finish_job(self.engine, self.spec.jobs, self.key, state.utcnow())
         finally:
@@ -312,13 +306,13 @@ class _Run:
 
     def _tile(
         self, tenant: str, pdf: render.PdfDocument | None, image: Any, pages: int, workdir: Path
-    ) -> None:
+    ) -> state.PlanRef | None:
+        """Every sheet's pyramid under the plan layout; the plan it filled (None: no plans spec)."""
         plans = self.spec.plans
         if plans is None:
-            return
+            return None
         with self.engine.connect() as conn:
             plan = state.find_plan(conn, plans, self.key, tenant, self.options.default_project)
-        self._plan = plan
         self.result.plan_id, self.result.project, self.result.pages = (
             plan.plan_id,
             plan.project,
@@ -339,23 +333,33 @@ class _Run:
             ThreadPoolExecutor(self.options.upload_concurrency) as tile_pool,
             ThreadPoolExecutor(1) as sheet_pool,
         ):
-            for index, sheet in enumerate(names):
-                if sheet in present:
-                    continue
-                page = image if pdf is None else pdf.render(index)
-                sheet_dir = workdir / sheet
-                sheet_dir.mkdir()
-                files = render.deep_zoom(page, sheet, sheet_dir)
-                del page
+            try:
+                for index, sheet in enumerate(names):
+                    if sheet in present:
+                        continue
+                    page = image if pdf is None else pdf.render(index)
+                    sheet_dir = workdir / sheet
+                    sheet_dir.mkdir()
+                    files = render.deep_zoom(page, sheet, sheet_dir)
+                    del page
+                    if pending is not None:
+                        stored, pending = pending, None
+                        done = self._sheet_stored(stored, plan, done, pages)
+                    upload = sheet_pool.submit(
+                        self._upload, f"{prefix}{sheet}/tiles/", files, tile_pool
+                    )
+                    pending = _Sheet(sheet, sheet_dir, len(files), upload)
                 if pending is not None:
-                    done = self._sheet_stored(pending, plan, done, pages)
-                upload = sheet_pool.submit(
-                    self._upload, f"{prefix}{sheet}/tiles/", files, tile_pool
-                )
-                pending = _Sheet(sheet, sheet_dir, len(files), upload)
-            if pending is not None:
-                self._sheet_stored(pending, plan, done, pages)
-        # Leaving the pools waits for an upload still in flight when rendering failed.
+                    stored, pending = pending, None
+                    self._sheet_stored(stored, plan, done, pages)
+            except BaseException:
+                # Rendering the next page failed: the sheet in flight still lands and counts,
+                # so the plan's progress stays equal to the descriptors in storage.
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        self._sheet_stored(pending, plan, done, pages)
+                raise
+        return plan
 
     def _sheet_stored(self, sheet: _Sheet, plan: state.PlanRef, done: int, pages: int) -> int:
         """Wait for a sheet's upload (raising its error), then count it and record progress."""

@@ -65,10 +65,8 @@ class PdfDocument:
     def pages(self) -> int:
         return len(self._pdf)
 
-    def render(self, index: int) -> Any:
-        """Page `index` (0-based) as an 8-bit sRGB pyvips image held in memory."""
-        import pyvips
-
+    def check_size(self, index: int) -> None:
+        """Refuse a page that would render to more pixels than allowed (a decompression bomb)."""
         width_pt, height_pt = self._pdf[index].get_size()
         scale = self.dpi / 72
         pixels = math.ceil(width_pt * scale) * math.ceil(height_pt * scale)
@@ -77,6 +75,13 @@ class PdfDocument:
                 f"page {index + 1} would render to {pixels:,} pixels at {self.dpi:g} dpi, "
                 f"over the limit of {self.max_pixels:,}: lower the dpi or raise max_pixels"
             )
+
+    def render(self, index: int) -> Any:
+        """Page `index` (0-based) as an 8-bit sRGB pyvips image held in memory."""
+        import pyvips
+
+        self.check_size(index)
+        scale = self.dpi / 72
         if has_pdfload():
             try:
                 image = pyvips.Image.pdfload_buffer(self.data, page=index, dpi=self.dpi)
@@ -124,9 +129,14 @@ def open_pdf(data: bytes, *, dpi: float, max_pixels: int) -> PdfDocument:
         detail = reason.rsplit("PDFium: ", 1)[-1].rstrip(").")
         raise BadInput(f"the PDF cannot be read ({detail}): truncated or damaged?") from None
     document = PdfDocument(data, dpi, max_pixels, pdf)
-    if document.pages == 0:
+    try:
+        if document.pages == 0:
+            raise BadInput("the PDF has no pages")
+        for index in range(document.pages):
+            document.check_size(index)
+    except BaseException:
         document.close()
-        raise BadInput("the PDF has no pages")
+        raise
     return document
 
 
