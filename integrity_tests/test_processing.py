@@ -57,6 +57,13 @@ def plan_pdf() -> bytes:
     return make_pdf(PAGE_SIZES)
 
 
+@pytest.fixture(scope="module")
+def instance():
+    """One Dagster instance for the job tests (its SQLite storage is slow to create)."""
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStorage:
     root = tmp_path / "bucket"
@@ -187,7 +194,12 @@ def _output_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def test_job_tiles_a_multipage_pdf_on_moto_and_a_rerun_writes_nothing(
-    s3_client, bucket: str, moto_endpoint: str, sqlite_engine: sa.Engine, plan_pdf: bytes
+    s3_client,
+    bucket: str,
+    moto_endpoint: str,
+    sqlite_engine: sa.Engine,
+    plan_pdf: bytes,
+    instance: dg.DagsterInstance,
 ) -> None:
     key = f"documents/{ORG}/plans/tower.pdf"
     s3_client.put_object(Bucket=bucket, Key=key, Body=plan_pdf)
@@ -197,58 +209,56 @@ def test_job_tiles_a_multipage_pdf_on_moto_and_a_rerun_writes_nothing(
         StorageResource(bucket=bucket, endpoint_url=moto_endpoint, region_name="us-east-1"),
     )
     assert process_document_job.name == PROCESS_JOB
-    with dg.instance_for_test() as instance:
-        result = _run(key, resources, instance)
-        assert result.success
-        metadata = _output_metadata(result)
-        assert metadata["outcome"] == "processed"
-        assert metadata["pages"] == len(PAGE_SIZES)
-        assert metadata["sheets_written"] == len(PAGE_SIZES)
+    result = _run(key, resources, instance)
+    assert result.success
+    metadata = _output_metadata(result)
+    assert metadata["outcome"] == "processed"
+    assert metadata["pages"] == len(PAGE_SIZES)
+    assert metadata["sheets_written"] == len(PAGE_SIZES)
 
-        plan_id = plan_id_for(key)
-        prefix = f"organizations/{ORG}/projects/unassigned/plans/{plan_id}/sheets/"
-        tiles = assert_complete_pyramids(store, prefix, len(PAGE_SIZES))
-        assert metadata["tiles_written"] == tiles
-        assert metadata["objects_written"] == tiles + len(PAGE_SIZES)
-        geometries = [parse_dzi(store.get_bytes(k)) for k in _keys(store, prefix) if "dzi" in k]
-        assert sorted((g.width, g.height) for g in geometries) == sorted(
-            (int(w), int(h)) for w, h in PAGE_SIZES
-        )
+    plan_id = plan_id_for(key)
+    prefix = f"organizations/{ORG}/projects/unassigned/plans/{plan_id}/sheets/"
+    tiles = assert_complete_pyramids(store, prefix, len(PAGE_SIZES))
+    assert metadata["tiles_written"] == tiles
+    assert metadata["objects_written"] == tiles + len(PAGE_SIZES)
+    geometries = [parse_dzi(store.get_bytes(k)) for k in _keys(store, prefix) if "dzi" in k]
+    assert sorted((g.width, g.height) for g in geometries) == sorted(
+        (int(w), int(h)) for w, h in PAGE_SIZES
+    )
 
-        [document] = _rows(sqlite_engine, schema.documents)
-        assert (document["r2_key"], document["status"], document["organization_id"]) == (
-            key,
-            "complete",
-            ORG,
-        )
-        [job] = _rows(sqlite_engine, schema.processing_jobs)
-        assert (job["status"], job["attempts"], job["error"]) == ("complete", 1, None)
-        [plan] = _rows(sqlite_engine, schema.plans)
-        assert plan["plan_id"] == plan_id
-        assert (plan["status"], plan["completed_pages"], plan["total_pages"]) == (
-            "complete",
-            3,
-            3,
-        )
-        assert plan["completed_at"] is not None
+    [document] = _rows(sqlite_engine, schema.documents)
+    assert (document["r2_key"], document["status"], document["organization_id"]) == (
+        key,
+        "complete",
+        ORG,
+    )
+    [job] = _rows(sqlite_engine, schema.processing_jobs)
+    assert (job["status"], job["attempts"], job["error"]) == ("complete", 1, None)
+    [plan] = _rows(sqlite_engine, schema.plans)
+    assert plan["plan_id"] == plan_id
+    assert (plan["status"], plan["completed_pages"], plan["total_pages"]) == (
+        "complete",
+        3,
+        3,
+    )
+    assert plan["completed_at"] is not None
 
-        before_objects, before_rows = _keys(store), _all_rows(sqlite_engine)
-        again = _run(key, resources, instance)
-        assert again.success
-        assert _output_metadata(again)["outcome"] == "already_processed"
-        assert _output_metadata(again)["objects_written"] == 0
-        assert _keys(store) == before_objects  # same keys, etags and last-modified times
-        assert _all_rows(sqlite_engine) == before_rows
+    before_objects, before_rows = _keys(store), _all_rows(sqlite_engine)
+    again = _run(key, resources, instance)
+    assert again.success
+    assert _output_metadata(again)["outcome"] == "already_processed"
+    assert _output_metadata(again)["objects_written"] == 0
+    assert _keys(store) == before_objects  # same keys, etags and last-modified times
+    assert _all_rows(sqlite_engine) == before_rows
 
 
 def test_job_fails_a_bad_object_with_one_line(
-    tmp_path: Path, store: LocalStorage, sqlite_engine: sa.Engine
+    store: LocalStorage, sqlite_engine: sa.Engine, instance: dg.DagsterInstance
 ) -> None:
     key = f"documents/{ORG}/scans/notes.pdf"
     store.put_bytes(key, b"this is not a document at all")
     resources = _resources(sqlite_engine, StorageResource(storage_dir=str(store.root)))
-    with dg.instance_for_test() as instance:
-        result = _run(key, resources, instance)
+    result = _run(key, resources, instance)
     assert not result.success
     [failure] = [e for e in result.all_node_events if e.event_type_value == "STEP_FAILURE"]
     description = failure.step_failure_data.user_failure_data.description
