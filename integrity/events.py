@@ -590,8 +590,17 @@ class PrefixPass:
 
 @dataclass
 class WatchCursor:
+    """Each prefix's pass, whose turn it is, and the object versions requested lately.
+
+    `recent` maps a short digest of each run key requested to its object's LastModified (epoch
+    seconds), while it can still come up as new (inside the look-back): a later pass skips it
+    instead of requesting it again. Bounded; what falls out is at worst requested twice, and
+    the run key collapses that.
+    """
+
     prefixes: dict[str, PrefixPass] = field(default_factory=dict)
     turn: int = 0
+    recent: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, text: str | None) -> WatchCursor:
@@ -604,6 +613,7 @@ class WatchCursor:
             return cls(
                 prefixes={p: PrefixPass.from_json(s) for p, s in data["prefixes"].items()},
                 turn=int(data.get("turn", 0)),
+                recent={str(k): int(v) for k, v in data.get("recent", {}).items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
@@ -614,6 +624,7 @@ class WatchCursor:
                 "v": 1,
                 "turn": self.turn,
                 "prefixes": {p: s.to_json() for p, s in self.prefixes.items()},
+                "recent": self.recent,
             },
             separators=(",", ":"),
         )
@@ -627,6 +638,7 @@ class PollLimits:
     seconds: float = 20.0
     max_found: int = 500
     lookback: timedelta = timedelta(minutes=15)
+    remember: int = 1_000  # run keys kept in the cursor (about 30 bytes each) for later passes
 
 
 @dataclass(frozen=True)
@@ -640,6 +652,10 @@ class FoundObject:
     def run_key(self) -> str:
         return run_key(self.key, self.etag)
 
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.run_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
 
 @dataclass
 class PollResult:
@@ -648,6 +664,7 @@ class PollResult:
     pages: int = 0
     listed: int = 0
     known: int = 0  # first-pass objects the database already had: not requested
+    repeated: int = 0  # objects requested by an earlier tick, still inside the look-back
     completed: list[str] = field(default_factory=list)  # prefixes whose pass ended this tick
     stopped_by: str | None = None  # page budget | time budget | run limit
     error: str | None = None  # a listing that failed after its retries
@@ -682,7 +699,8 @@ def poll_new_objects(
     """
     watched = minimal_prefixes(prefixes)
     state = {p: replace(cursor.prefixes.get(p) or PrefixPass()) for p in watched}  # a copy
-    result = PollResult(found=[], cursor=WatchCursor(state, cursor.turn))
+    recent = dict(cursor.recent)
+    result = PollResult(found=[], cursor=WatchCursor(state, cursor.turn, recent))
     if not watched:
         return result
     deadline = clock() + limits.seconds
@@ -725,9 +743,16 @@ def poll_new_objects(
                     for k, e, s, lm in zip(page.keys, page.etags, page.sizes, page.last_modified)
                     if not k.endswith("/") and (cutoff is None or lm >= cutoff)
                 ]
+                if recent and candidates:
+                    fresh = [c for c in candidates if c.digest not in recent]
+                    result.repeated += len(candidates) - len(fresh)
+                    candidates = fresh
                 if progress.since is None and candidates and known_keys is not None:
                     known = known_keys([c.key for c in candidates])
-                    result.known += sum(c.key in known for c in candidates)
+                    for c in candidates:
+                        if c.key in known:  # seen: the next pass need not ask again
+                            recent[c.digest] = int(c.last_modified.timestamp())
+                            result.known += 1
                     candidates = [c for c in candidates if c.key not in known]
                 room = limits.max_found - len(result.found)
                 if len(candidates) > room:
@@ -763,7 +788,26 @@ def poll_new_objects(
             next_turn = (first + position + 1) % len(watched)  # the others go first next tick
             break
     result.cursor.turn = next_turn
+    _remember(result, limits)
     return result
+
+
+def _remember(result: PollResult, limits: PollLimits) -> None:
+    """Add this tick's requests to the cursor's memory; forget what can no longer come up."""
+    recent = result.cursor.recent
+    for found in result.found:
+        recent[found.digest] = int(found.last_modified.timestamp())
+    # an object is a candidate again only if modified after (its prefix's pass start, or the
+    # previous one's) less the look-back: anything older can be forgotten
+    starts = [p.since or p.started for p in result.cursor.prefixes.values()]
+    starts = [s for s in starts if s is not None]
+    if starts:
+        threshold = int((min(starts) - limits.lookback).timestamp()) - 1
+        for digest in [d for d, modified in recent.items() if modified < threshold]:
+            del recent[digest]
+    if len(recent) > limits.remember:
+        keep = sorted(recent.items(), key=lambda item: item[1])[-limits.remember :]
+        result.cursor.recent = dict(keep)
 
 
 def known_upload_keys(

@@ -582,3 +582,35 @@ def test_peek_and_mark_taken(engine: sa.Engine) -> None:
             conn.execute(sa.select(ledger.queue.c.object_key, ledger.queue.c.state)).all()
         )
     assert states["documents/o/d.pdf"] == "taken" and states["documents/o/b.pdf"] == "pending"
+
+
+def test_objects_requested_inside_the_look_back_are_not_requested_again(tmp_path: Path) -> None:
+    bucket = Bucket(tmp_path / "b", page_size=10)
+    bucket.put("documents/o/a.pdf", T0)
+    bucket.put("documents/o/b.pdf", T0)
+    limits = PollLimits(pages=5, seconds=60, lookback=timedelta(minutes=15))
+    first = poll_new_objects(
+        bucket.store, ["documents/"], WatchCursor(), limits, now=T0 + timedelta(minutes=1)
+    )
+    assert keys_of(first) == ["documents/o/a.pdf", "documents/o/b.pdf"]
+    bucket.put("documents/o/c.pdf", T0 + timedelta(minutes=2))
+    bucket.put("documents/o/a.pdf", T0 + timedelta(minutes=2), data=b"%PDF v2")
+    cursor = WatchCursor.load(first.cursor.dump())
+    second = poll_new_objects(
+        bucket.store, ["documents/"], cursor, limits, now=T0 + timedelta(minutes=3)
+    )
+    # inside the look-back all four versions are candidates; b was requested already
+    assert keys_of(second) == ["documents/o/a.pdf", "documents/o/c.pdf"]
+    assert second.repeated == 1
+    assert len(second.cursor.recent) == 4
+    cursor = second.cursor
+    for minute in (30, 60, 90):  # passes long after: nothing new, and the memory empties
+        later = poll_new_objects(
+            bucket.store, ["documents/"], cursor, limits, now=T0 + timedelta(minutes=minute)
+        )
+        assert later.found == []
+        cursor = later.cursor
+    assert cursor.recent == {}
+    small = PollLimits(pages=5, seconds=60, lookback=timedelta(minutes=15), remember=1)
+    capped = poll_new_objects(bucket.store, ["documents/"], WatchCursor(), small, now=T0)
+    assert len(capped.found) == 3 and len(capped.cursor.recent) == 1
