@@ -419,3 +419,28 @@ def test_requeue_sensor_drains_the_sqs_outbox_two_phase(
     assert run_keys(second) == []
     assert queue_counts(sqs_client, sqs_queue_url) == (0, 0)
     assert queue_states(db_url) == {"documents/o/a.pdf": "taken"}
+
+
+def test_a_tick_receives_a_bounded_number_of_messages(
+    instance, resources, bucket, sqs_client, sqs_queue_url, monkeypatch
+) -> None:
+    monkeypatch.setenv(settings.ENV_EVENTS_QUEUE_URL, sqs_queue_url)
+    monkeypatch.setenv(settings.ENV_EVENTS_RECEIVES, "1")  # one receive of up to 10 a tick
+    sqs_client.send_message_batch(
+        QueueUrl=sqs_queue_url,
+        Entries=[
+            {"Id": str(i), "MessageBody": r2_message(f"documents/o/{i}.pdf", bucket=bucket)}
+            for i in range(10)
+        ],
+    )
+    send(
+        sqs_client,
+        sqs_queue_url,
+        *(r2_message(f"documents/o/x{i}.pdf", bucket=bucket) for i in range(5)),
+    )
+    first = tick(bucket_notification_sensor, instance, resources)
+    second = tick(bucket_notification_sensor, instance, resources, first.cursor)
+    third = tick(bucket_notification_sensor, instance, resources, second.cursor)
+    assert [len(run_keys(r)) for r in (first, second, third)] == [10, 5, 0]
+    assert len(set(run_keys(first)) | set(run_keys(second))) == 15
+    assert queue_counts(sqs_client, sqs_queue_url) == (0, 0)

@@ -614,3 +614,12 @@ def test_objects_requested_inside_the_look_back_are_not_requested_again(tmp_path
     small = PollLimits(pages=5, seconds=60, lookback=timedelta(minutes=15), remember=1)
     capped = poll_new_objects(bucket.store, ["documents/"], WatchCursor(), small, now=T0)
     assert len(capped.found) == 3 and len(capped.cursor.recent) == 1
+
+
+def test_an_sqs_client_takes_its_region_from_an_aws_queue_url(monkeypatch) -> None:
+    from integrity.events import sqs_client
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    client = sqs_client(queue_url="https://sqs.eu-west-1.amazonaws.com/123456789012/uploads")
+    assert client.meta.region_name == "eu-west-1"

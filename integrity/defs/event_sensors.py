@@ -30,6 +30,7 @@ from integrity.defs.resources import (
 from integrity.errors import IntegrityError, QueueError
 from integrity.events import (
     IGNORED_REASONS,
+    DeleteOutcome,
     EventSettings,
     InboxCursor,
     KeyFilter,
@@ -176,14 +177,10 @@ def new_object_sensor(
 # --------------------------------------------------------------------------- notifications
 
 
-def _drain(
-    context: SensorEvaluationContext,
-    inbox: SqsInbox,
-    owed: list[str],
-) -> list[str]:
-    """Delete what the previous tick's recorded requests covered; return handles to retry."""
+def _drain(context: SensorEvaluationContext, inbox: SqsInbox, owed: list[str]) -> DeleteOutcome:
+    """Delete what the previous tick's recorded requests covered (handles to retry come back)."""
     if not owed:
-        return []
+        return DeleteOutcome()
     outcome = inbox.delete(owed)
     if outcome.gone:
         context.log.info(
@@ -195,7 +192,7 @@ def _drain(
             f"deleting {len(outcome.retry)} messages from {inbox.name} failed "
             f"({', '.join(sorted(set(outcome.errors)))}); retried next tick"
         )
-    return outcome.retry
+    return outcome
 
 
 @dg.sensor(
@@ -230,12 +227,15 @@ def bucket_notification_sensor(
             f"bucket notifications need a bucket: set {settings.ENV_BUCKET} to the bucket they "
             "come from"
         )
-    client = sqs_client(queue.endpoint_url, queue.region)
+    try:
+        client = sqs_client(queue.endpoint_url, queue.region, conf.events_queue_url)
+    except QueueError as exc:
+        return dg.SkipReason(str(exc))
     inbox = SqsInbox(client, conf.events_queue_url, visibility_timeout=conf.visibility_timeout)
     dlq = SqsInbox(client, conf.events_dlq_url) if conf.events_dlq_url else None
     cursor = InboxCursor.load(context.cursor)
-    owed = _drain(context, inbox, cursor.delete)
-    deleted_owed = len(set(cursor.delete)) - len(owed)
+    drained = _drain(context, inbox, cursor.delete)
+    owed = drained.retry
     try:
         messages = inbox.receive(
             batches=conf.receives,
@@ -283,8 +283,8 @@ def bucket_notification_sensor(
         line += f"; {dead_lettered} malformed sent to {dlq.name if dlq else '?'}"
     if left:
         line += f"; {left} malformed left on the queue"
-    if deleted_owed:
-        line += f"; {deleted_owed} messages of the last tick deleted (their runs are recorded)"
+    if drained.deleted:
+        line += f"; {drained.deleted} messages of the last tick deleted (their runs are recorded)"
     context.log.info(line)
     next_cursor = InboxCursor(delete=later + owed + retry_now).dump()
     return _result(requests, next_cursor, line)
@@ -367,55 +367,72 @@ def requeue_sensor(
         parts.append(f"{taken} entries of the last tick marked taken")
 
     if queue.queue_url:
-        client = sqs_client(queue.endpoint_url, queue.region)
-        inbox = SqsInbox(client, queue.queue_url, visibility_timeout=conf.visibility_timeout)
-        owed = _drain(context, inbox, cursor.delete)
-        next_cursor.delete.extend(owed)
         try:
-            messages = inbox.receive(
-                batches=conf.receives,
-                deadline=time.monotonic() + conf.tick_seconds,
-                wait_seconds=conf.wait_seconds,
+            parts += _drain_requeue_queue(
+                context, queue, conf, bucket, cursor, next_cursor, requests
             )
         except QueueError as exc:
-            context.log.warning(str(exc))
-            messages = []
-        decisions = decide(
-            messages, bucket=bucket, key_filter=KeyFilter(), parse=parse_requeue_message
-        )
-        ignored: Counter[str] = Counter()
-        now: list[str] = []
-        left = 0
-        for decision in decisions:
-            message = decision.message
-            ignored.update(decision.ignored)
-            if decision.dead_letter:
-                left += 1
-                context.log.warning(
-                    f"re-queue message {message.message_id} is malformed: {decision.dead_letter}; "
-                    f"it stays on {inbox.name} for its redrive policy "
-                    f"(received {message.receive_count} times)"
-                )
-                continue
-            for event in decision.requests:
-                requests.append(
-                    _request(event.key, f"integrity_queue:sqs:{message.message_id}", REQUEUE_SOURCE)
-                )
-            if decision.requests:
-                next_cursor.delete.append(message.receipt_handle)
-                next_cursor.taken_message_ids.append(message.message_id)
-            else:
-                now.append(message.receipt_handle)
-        if now:
-            next_cursor.delete.extend(inbox.delete(now).retry)
-        parts.append(f"{len(messages)} messages from {inbox.name}")
-        if ignored:
-            parts.append(f"deleted without a run: {_counts(ignored)}")
-        if left:
-            parts.append(f"{left} malformed left on the queue")
+            context.log.warning(f"{exc}; the SQS re-queue waits for the next tick")
+            next_cursor.delete.extend(h for h in cursor.delete if h not in next_cursor.delete)
+            next_cursor.taken_message_ids = list(cursor.taken_message_ids)
     line = f"{REQUEUE_SENSOR}: " + "; ".join(parts) + f"; {len(requests)} run requests"
     context.log.info(line)
     return _result(requests, next_cursor.dump(), line)
+
+
+def _drain_requeue_queue(
+    context: SensorEvaluationContext,
+    queue: QueueResource,
+    conf: EventSettings,
+    bucket: str,
+    cursor: InboxCursor,
+    next_cursor: InboxCursor,
+    requests: list[dg.RunRequest],
+) -> list[str]:
+    """The SQS half of requeue_sensor: delete what the last tick requested, receive, request.
+
+    Adds to `requests` and `next_cursor`; returns the parts of the tick's log line.
+    """
+    client = sqs_client(queue.endpoint_url, queue.region, queue.queue_url)
+    inbox = SqsInbox(client, queue.queue_url or "", visibility_timeout=conf.visibility_timeout)
+    next_cursor.delete.extend(_drain(context, inbox, cursor.delete).retry)
+    messages = inbox.receive(
+        batches=conf.receives,
+        deadline=time.monotonic() + conf.tick_seconds,
+        wait_seconds=conf.wait_seconds,
+    )
+    decisions = decide(messages, bucket=bucket, key_filter=KeyFilter(), parse=parse_requeue_message)
+    ignored: Counter[str] = Counter()
+    delete_now: list[str] = []
+    left = 0
+    for decision in decisions:
+        message = decision.message
+        ignored.update(decision.ignored)
+        if decision.dead_letter:
+            left += 1
+            context.log.warning(
+                f"re-queue message {message.message_id} is malformed: {decision.dead_letter}; "
+                f"it stays on {inbox.name} for its redrive policy "
+                f"(received {message.receive_count} times)"
+            )
+            continue
+        for event in decision.requests:
+            requests.append(
+                _request(event.key, f"integrity_queue:sqs:{message.message_id}", REQUEUE_SOURCE)
+            )
+        if decision.requests:
+            next_cursor.delete.append(message.receipt_handle)
+            next_cursor.taken_message_ids.append(message.message_id)
+        else:
+            delete_now.append(message.receipt_handle)
+    if delete_now:
+        next_cursor.delete.extend(inbox.delete(delete_now).retry)
+    parts = [f"{len(messages)} messages from {inbox.name}"]
+    if ignored:
+        parts.append(f"deleted without a run: {_counts(ignored)}")
+    if left:
+        parts.append(f"{left} malformed left on the queue")
+    return parts
 
 
 event_sensors: list[dg.SensorDefinition] = [
