@@ -8,6 +8,7 @@ materializations of one partition, an empty S3 bucket on moto, freshness with a 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from integrity.defs.checks import (
     FRESHNESS_JOB,
     freshness_job,
     reconciliation_checks,
+    reconciliation_fresh,
     reconciliation_freshness_sensor,
 )
 from integrity.defs.io_managers import ParquetSnapshotIOManager
@@ -461,10 +463,25 @@ def freshness_definitions(resources: dict[str, Any]) -> dg.Definitions:
     )
 
 
+def set_max_age(spec: Path, max_age: str) -> None:
+    """Rewrite the spec's freshness threshold; the resource reads the file at each use."""
+    data = yaml.safe_load(spec.read_text())
+    data["checks"] = {"freshness": {"max_age": max_age}}
+    spec.write_text(yaml.safe_dump(data))
+
+
+def wait_until_older_than(instance: dg.DagsterInstance, seconds: float) -> None:
+    """Sleep until the newest report materialization is older than `seconds`."""
+    [record] = instance.fetch_materializations(REPORT, limit=1).records
+    time.sleep(max(0.0, record.timestamp + seconds - time.time()))
+
+
 def test_freshness_check_runs_alone_and_fails_when_the_report_is_too_old(
     tmp_path: Path, sqlite_engine: sa.Engine, storage_root: Path, instance: dg.DagsterInstance
 ) -> None:
-    spec = write_spec(tmp_path, checks={"freshness": {"max_age": "2s"}})
+    # Thresholds are only ever lowered below an age already reached, so a slow machine
+    # cannot make a fresh report look stale.
+    spec = write_spec(tmp_path, checks={"freshness": {"max_age": "1h"}})
     resources = make_resources(
         tmp_path, sqlite_engine, StorageResource(storage_dir=str(storage_root)), spec
     )
@@ -476,7 +493,8 @@ def test_freshness_check_runs_alone_and_fails_when_the_report_is_too_old(
     assert evaluation.description == "reconciliation_report has never been materialized"
 
     assert evaluations(reconcile(resources, instance, "org-1"))[FRESHNESS_CHECK].passed
-    time.sleep(2.2)
+    set_max_age(spec, "4s")
+    wait_until_older_than(instance, 4.1)
     # No materialization in this run: the check reads the event log only.
     stale = job.execute_in_process(instance=instance)
     assert stale.success and not stale.get_asset_materialization_events()
@@ -484,16 +502,23 @@ def test_freshness_check_runs_alone_and_fails_when_the_report_is_too_old(
     assert evaluation.check_name == FRESHNESS_CHECK and level(evaluation) == ERROR
     assert meta(evaluation)["count"] == 1
     assert [e["partition"] for e in meta(evaluation)["examples"]] == ["org-1"]
-    assert evaluation.description.startswith("1 of 1 partitions not reconciled within 2s")
+    assert evaluation.description.startswith("1 of 1 partitions not reconciled within 4s")
 
-    # A new reconciliation of org-1 recovers it.
-    assert evaluations(reconcile(resources, instance, "org-1"))[FRESHNESS_CHECK].passed
+    # A new reconciliation of org-1 recovers it: the check runs right after the report.
+    recovered = dg.materialize(
+        [*reconciliation_assets, reconciliation_fresh],
+        resources=resources,
+        partition_key="org-1",
+        instance=instance,
+    )
+    [evaluation] = recovered.get_asset_check_evaluations()
+    assert evaluation.passed and meta(evaluation)["count"] == 0
 
 
 def test_freshness_sensor_launches_the_check_once_per_stale_state(
     tmp_path: Path, sqlite_engine: sa.Engine, storage_root: Path, instance: dg.DagsterInstance
 ) -> None:
-    spec = write_spec(tmp_path, checks={"freshness": {"max_age": "2s"}})
+    spec = write_spec(tmp_path, checks={"freshness": {"max_age": "1h"}})
     resources = make_resources(
         tmp_path, sqlite_engine, StorageResource(storage_dir=str(storage_root)), spec
     )
@@ -507,21 +532,25 @@ def test_freshness_sensor_launches_the_check_once_per_stale_state(
         assert isinstance(result, dg.SensorResult)
         return result
 
-    # Never reconciled: a new deployment gets max_age from the sensor's first tick.
+    # Never reconciled: a new deployment gets max_age from the sensor's first tick...
     first = tick(None)
     assert not first.run_requests
     assert "never been materialized" in str(first.skip_reason)
-    time.sleep(2.2)
-    never = tick(first.cursor)
+    assert json.loads(first.cursor or "{}")["first_tick"]
+    # ...and is told once that time has passed.
+    two_hours_ago = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
+    started_long_ago = json.dumps({"first_tick": two_hours_ago})
+    never = tick(started_long_ago)
     [request] = never.run_requests
     assert request.tags["integrity/trigger"] == "reconciliation_freshness_sensor"
-    assert tick(first.cursor).run_requests[0].run_key == request.run_key
+    assert tick(started_long_ago).run_requests[0].run_key == request.run_key
 
     reconcile(resources, instance, "org-1")
     fresh = tick(never.cursor)
-    assert not fresh.run_requests and "reconciled within 2s" in str(fresh.skip_reason)
+    assert not fresh.run_requests and "reconciled within 1h" in str(fresh.skip_reason)
 
-    time.sleep(2.2)
+    set_max_age(spec, "1s")
+    wait_until_older_than(instance, 1.1)
     stale = tick(fresh.cursor)
     [stale_request] = stale.run_requests
     assert stale_request.run_key not in (request.run_key, None)
