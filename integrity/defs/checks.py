@@ -163,6 +163,11 @@ def _inventory_outcome(
             f"{partition!r}: materialize it first"
         )
     latest = history[0]
+    if count_field not in latest:
+        raise dg.Failure(
+            description=f"the latest materialization of {asset_key.to_user_string()} for "
+            f"partition {partition!r} has no {count_field!r} metadata: materialize it again"
+        )
     previous = history[1].get(count_field) if len(history) > 1 else None
     reasons = latest.get("reasons", "none")
     outcome = evaluate_inventory(
