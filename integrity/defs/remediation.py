@@ -253,13 +253,15 @@ def apply_rollback(
     context.log.info(rollback_completed_line(result))
 
 
-@dg.job(name=REMEDIATE_JOB, tags=REMEDIATION_TAGS)
+# One op each: executed in the run worker, not in a step process of its own that would only add
+# a Python start-up (and an import of Dagster, pandas and pyarrow) to every run.
+@dg.job(name=REMEDIATE_JOB, tags=REMEDIATION_TAGS, executor_def=dg.in_process_executor)
 def remediate_job() -> None:
     """Apply a tenant's reconciliation report to the database (dry run by default; writes need INTEGRITY_ALLOW_WRITES=1)."""
     apply_remediation()
 
 
-@dg.job(name=ROLLBACK_JOB, tags=REMEDIATION_TAGS)
+@dg.job(name=ROLLBACK_JOB, tags=REMEDIATION_TAGS, executor_def=dg.in_process_executor)
 def rollback_job() -> None:
     """Undo a remediation run by its run id, for rows not changed since (dry run by default)."""
     apply_rollback()

@@ -1,0 +1,427 @@
+"""A real Dagster instance for end-to-end tests: `dagster-webserver` and `dagster-daemon run`.
+
+Both start from the project root with its workspace.yaml, on a free loopback port, with a
+temporary DAGSTER_HOME holding a copy of the chosen dagster.yaml. Each process gets its own
+session (it starts code servers and run workers of its own), so teardown ends the whole process
+group. Their output goes to files whose tails are shown when something does not happen in time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import dagster as dg
+from dagster_graphql import DagsterGraphQLClient
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = REPO_ROOT / "workspace.yaml"
+LOCAL_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+PRODUCTION_DAGSTER_YAML = REPO_ROOT / "deploy" / "production" / "dagster.yaml"
+LOCATION_NAME = "integrity"
+REPOSITORY_NAME = "__repository__"
+HOST = "127.0.0.1"
+LOG_TAIL_LINES = 40
+STARTUP_SECONDS = 120
+
+T = TypeVar("T")
+
+TERMINAL_STATUSES = {
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+}
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+_LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+_BACKFILL_STATUS = """
+query BackfillStatus($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status }
+    ... on Error { message }
+  }
+}
+"""
+_SCHEDULE = """
+query Schedule($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule {
+      id
+      cronSchedule
+      executionTimezone
+      scheduleState {
+        status
+        ticks(limit: 20) { status timestamp runIds skipReason error { message } }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+_SENSOR = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor {
+      name
+      minIntervalSeconds
+      sensorState {
+        status
+        ticks(limit: 20) {
+          status timestamp endTimestamp runIds skipReason error { message }
+        }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+_CHECK_EXECUTIONS = """
+query CheckExecutions($asset: AssetKeyInput!, $check: String!, $partition: String) {
+  assetCheckExecutions(assetKey: $asset, checkName: $check, partition: $partition, limit: 5) {
+    runId
+    status
+    partition
+    evaluation { success severity partition description }
+  }
+}
+"""
+_STOP_SCHEDULE = """
+mutation StopSchedule($id: String!) {
+  stopRunningSchedule(id: $id) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on Error { message }
+  }
+}
+"""
+_DAEMON_HEALTH = """
+query DaemonHealth {
+  instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } }
+}
+"""
+_LOCATION_STATUS = """
+query LocationStatus {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } }
+      }
+    }
+  }
+}
+"""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _inherited_env() -> dict[str, str]:
+    """This process's environment without any project or Dagster setting a test did not choose."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("INTEGRITY_", "DAGSTER_")) and name != "AWS_ENDPOINT_URL"
+    }
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return "(no log)"
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+@dataclass
+class RunningInstance:
+    """A started webserver and daemon sharing one DAGSTER_HOME; talk to them over GraphQL."""
+
+    home: Path
+    port: int
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def client(self) -> DagsterGraphQLClient:
+        return DagsterGraphQLClient(HOST, port_number=self.port, timeout=60)
+
+    def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST one query to /graphql; GraphQL errors raise with the log tails."""
+        body = json.dumps({"query": query, "variables": dict(variables or {})}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = json.loads(response.read())
+        if payload.get("errors"):
+            raise AssertionError(f"GraphQL errors: {payload['errors']}\n{self.log_tails()}")
+        return payload["data"]
+
+    def submit(
+        self,
+        job: str,
+        run_config: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Launch a run through dagster-graphql's client (it joins the run queue); its run id."""
+        return self.client().submit_job_execution(
+            job,
+            repository_location_name=LOCATION_NAME,
+            repository_name=REPOSITORY_NAME,
+            run_config=dict(run_config or {}),
+            tags=dict(tags or {}),
+        )
+
+    def wait_for_run(self, run_id: str, timeout: float) -> dg.DagsterRunStatus:
+        """The run's terminal status (SUCCESS, FAILURE or CANCELED)."""
+        client = self.client()
+
+        def finished() -> dg.DagsterRunStatus | None:
+            status = client.get_run_status(run_id)
+            return status if status in TERMINAL_STATUSES else None
+
+        return self.wait_for(f"run {run_id} finished", finished, timeout)
+
+    def launch_backfill(
+        self,
+        job: str,
+        partitions: list[str],
+        run_config: Mapping[str, Any] | None = None,
+    ) -> str:
+        """What the UI's "Launch backfill" on a partitioned job posts; the backfill id."""
+        params: dict[str, Any] = {
+            "selector": {
+                "partitionSetName": f"{job}_partition_set",
+                "repositorySelector": {
+                    "repositoryLocationName": LOCATION_NAME,
+                    "repositoryName": REPOSITORY_NAME,
+                },
+            },
+            "partitionNames": partitions,
+        }
+        if run_config is not None:
+            params["runConfigData"] = dict(run_config)
+        result = self.graphql(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise AssertionError(f"backfill not launched: {result}")
+        return result["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> str:
+        result = self.graphql(_BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["__typename"] != "PartitionBackfill":
+            raise AssertionError(f"backfill {backfill_id}: {result}")
+        return result["status"]
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """The schedule as the UI sees it: cron, state and its latest ticks (newest first)."""
+        selector = {
+            "repositoryLocationName": LOCATION_NAME,
+            "repositoryName": REPOSITORY_NAME,
+            "scheduleName": name,
+        }
+        result = self.graphql(_SCHEDULE, {"selector": selector})["scheduleOrError"]
+        if result["__typename"] != "Schedule":
+            raise AssertionError(f"schedule {name}: {result}")
+        return result
+
+    def sensor(self, name: str) -> dict[str, Any]:
+        """The sensor as the UI sees it: interval, state and its latest ticks (newest first)."""
+        selector = {
+            "repositoryLocationName": LOCATION_NAME,
+            "repositoryName": REPOSITORY_NAME,
+            "sensorName": name,
+        }
+        result = self.graphql(_SENSOR, {"selector": selector})["sensorOrError"]
+        if result["__typename"] != "Sensor":
+            raise AssertionError(f"sensor {name}: {result}")
+        return result
+
+    def wait_for_sensor_tick_after(self, name: str, moment: float, timeout: float) -> None:
+        """Wait until a tick of the sensor that started after `moment` (epoch seconds) ended."""
+
+        def ticked() -> bool:
+            ticks = self.sensor(name)["sensorState"]["ticks"]
+            return any(tick["timestamp"] > moment and tick["status"] != "STARTED" for tick in ticks)
+
+        self.wait_for(f"a tick of {name} after {moment:.0f}", ticked, timeout)
+
+    def check_executions(
+        self, asset: str, check: str, partition: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest executions of an asset check (newest first), as the UI lists them."""
+        variables = {"asset": {"path": [asset]}, "check": check, "partition": partition}
+        return self.graphql(_CHECK_EXECUTIONS, variables)["assetCheckExecutions"]
+
+    def stop_schedule(self, name: str) -> str:
+        """Turn a schedule off, as the UI's toggle does; its new status."""
+        schedule_id = self.schedule(name)["id"]
+        result = self.graphql(_STOP_SCHEDULE, {"id": schedule_id})["stopRunningSchedule"]
+        if result["__typename"] != "ScheduleStateResult":
+            raise AssertionError(f"schedule {name} not stopped: {result}")
+        return result["scheduleState"]["status"]
+
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(
+            f"----- last {lines} lines of {name}.log -----\n{_tail(self.log_dir / f'{name}.log', lines)}"
+            for name in ("webserver", "daemon")
+        )
+
+    def wait_for(
+        self,
+        what: str,
+        probe: Callable[[], T | None],
+        timeout: float,
+        interval: float = 1.0,
+    ) -> T:
+        """Poll `probe` until it returns something truthy; on timeout fail with the log tails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self.log_tails()}")
+            time.sleep(interval)
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited with {process.returncode}\n{self.log_tails()}")
+
+    @contextmanager
+    def instance(self) -> Iterator[dg.DagsterInstance]:
+        """The same instance from this process (the caller's environment must resolve its config)."""
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            yield instance
+
+    def _server_info(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def _location_loaded(self) -> bool:
+        data = self.graphql(_LOCATION_STATUS)["workspaceOrError"]
+        entries = {entry["name"]: entry for entry in data.get("locationEntries", [])}
+        entry = entries.get(LOCATION_NAME)
+        if entry is None or entry["loadStatus"] != "LOADED":
+            return False
+        loaded = entry["locationOrLoadError"]
+        if loaded["__typename"] == "PythonError":
+            raise AssertionError(
+                f"code location {LOCATION_NAME} failed to load: {loaded['message']}\n"
+                + self.log_tails()
+            )
+        return True
+
+    def _daemons_healthy(self) -> bool:
+        statuses = self.graphql(_DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        required = [status for status in statuses if status["required"]]
+        return bool(required) and all(status["healthy"] for status in required)
+
+    def wait_until_ready(self, timeout: float = STARTUP_SECONDS) -> None:
+        """The webserver answers, the code location loaded, and every required daemon beats."""
+        self.wait_for("webserver /server_info", self._server_info, timeout)
+        self.wait_for(f"code location {LOCATION_NAME} loaded", self._location_loaded, timeout)
+        self.wait_for("daemon heartbeats", self._daemons_healthy, timeout)
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def _stop_all(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """End each process's whole group (code servers, run workers): TERM to all, then KILL."""
+    for process in processes:
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    # Children may outlive their parent briefly; KILL whatever is left of each group.
+    for process in processes:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=grace)
+
+
+@contextmanager
+def running_instance(
+    dagster_yaml: Path, env: Mapping[str, str], workdir: Path, port: int | None = None
+) -> Iterator[RunningInstance]:
+    """Start the webserver and the daemon on `dagster_yaml`, with `env` added to their environment.
+
+    `workdir` receives the DAGSTER_HOME (`dagster_home/`) and the logs (`logs/`).
+    """
+    home = workdir / "dagster_home"
+    log_dir = workdir / "logs"
+    home.mkdir(parents=True)
+    log_dir.mkdir(parents=True)
+    shutil.copyfile(dagster_yaml, home / "dagster.yaml")
+    process_env = {**_inherited_env(), **env, "DAGSTER_HOME": str(home)}
+    running = RunningInstance(home=home, port=port or free_port(), env=process_env, log_dir=log_dir)
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "webserver": [
+            str(bin_dir / "dagster-webserver"),
+            *("-w", str(WORKSPACE), "-h", HOST, "-p", str(running.port)),
+        ],
+        "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+    }
+    logs: list[IO[bytes]] = []
+    try:
+        for name, command in commands.items():
+            log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in finally
+            logs.append(log)
+            running.processes[name] = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=process_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        running.wait_until_ready()
+        yield running
+    finally:
+        _stop_all(list(running.processes.values()))
+        for log in logs:
+            log.close()
