@@ -17,7 +17,7 @@ in every reconcile run, and a sensor launches it on its own when a nightly run i
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import dagster as dg
@@ -235,8 +235,8 @@ def latest_report_times(instance: dg.DagsterInstance) -> dict[str, datetime]:
     }
 
 
-def freshness_outcome(instance: dg.DagsterInstance, spec: SpecResource) -> CheckOutcome:
-    max_age = spec.load().checks.freshness.max_age_delta
+def freshness_outcome(instance: dg.DagsterInstance, max_age: timedelta) -> CheckOutcome:
+    """The freshness verdict now, from the event log and the tenant partitions."""
     return evaluate_freshness(
         latest_report_times(instance),
         instance.get_dynamic_partitions(TENANTS),
@@ -255,8 +255,8 @@ def reconciliation_fresh(
     launches it when a nightly run is missed.
     """
     with fail_clearly():
-        outcome = freshness_outcome(context.instance, spec)
-    return to_result(outcome, REPORT_KEY)
+        max_age = spec.load().checks.freshness.max_age_delta
+    return to_result(freshness_outcome(context.instance, max_age), REPORT_KEY)
 
 
 freshness_job = dg.define_asset_job(
@@ -289,18 +289,22 @@ def reconciliation_freshness_sensor(
     run, which evaluates the check too."""
     cursor = _cursor(context.cursor)
     now = datetime.now(timezone.utc)
-    first_tick = cursor.setdefault("first_tick", now.isoformat())
     try:
-        outcome = freshness_outcome(context.instance, spec)
+        first_seen = datetime.fromisoformat(str(cursor["first_tick"]))
+    except (KeyError, ValueError):
+        first_seen = now
+    first_tick = cursor["first_tick"] = first_seen.isoformat()
+    try:
         max_age = spec.load().checks.freshness.max_age_delta
     except IntegrityError as exc:
         return dg.SkipReason(f"cannot judge freshness: {exc}")
+    outcome = freshness_outcome(context.instance, max_age)
     new_cursor = json.dumps(cursor)
     if outcome.level == PASSED:
         return dg.SensorResult(skip_reason=outcome.description, cursor=new_cursor)
     if outcome.metadata.get("checked", 0) == 0:
         # Never reconciled: give a new deployment max_age from the sensor's first tick.
-        if now - datetime.fromisoformat(first_tick) <= max_age:
+        if now - first_seen <= max_age:
             return dg.SensorResult(
                 skip_reason=f"{outcome.description}; waiting until {max_age} after {first_tick}",
                 cursor=new_cursor,
