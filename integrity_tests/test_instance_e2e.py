@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -156,7 +157,8 @@ def s3_world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
     engine.dispose()
 
 
-def _scratch_database() -> Iterator[str]:
+@contextmanager
+def scratch_database() -> Iterator[str]:
     """A fresh PostgreSQL database for the Dagster instance, next to the test database."""
     url = sa.make_url(POSTGRES_URL)
     name = f"{url.database}_dagster_e2e"
@@ -275,8 +277,16 @@ def production(
     """The production dagster.yaml on a scratch PostgreSQL database, the schedule every minute."""
     if not POSTGRES_URL:
         pytest.skip("INTEGRITY_TEST_POSTGRES_URL is not set")
-    scratch = _scratch_database()
-    dagster_pg_url = next(scratch)
+    with scratch_database() as dagster_pg_url:
+        yield from _production_instance(dagster_pg_url, s3_world, webhook, tmp_path_factory)
+
+
+def _production_instance(
+    dagster_pg_url: str,
+    s3_world: S3World,
+    webhook: WebhookReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningInstance]:
     port = free_port()
     env = {
         **s3_world.env,
@@ -292,7 +302,6 @@ def production(
             PRODUCTION_DAGSTER_YAML, env, tmp_path_factory.mktemp("production"), port=port
         ) as running:
             yield running
-    scratch.close()
 
 
 @pytest.fixture(scope="module")
@@ -546,6 +555,19 @@ def test_discovery_adds_a_tenant_that_appears_later(
         lambda: NEW_TENANT in instance.get_dynamic_partitions(TENANTS_PARTITIONS),
         timeout=75,
     )
+
+
+def test_no_run_failed_but_the_planted_one(
+    instance: dg.DagsterInstance, webhook: WebhookReceiver
+) -> None:
+    """Across everything the module launched (runs, sensors, schedule, backfill), the only
+    failed run is the remediation with no report, and it is the only run_failed alert."""
+    failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert [
+        (run.job_name, run.run_config["ops"]["apply_remediation"]["config"]["tenant"])
+        for run in failed
+    ] == [("remediate", ALL_TENANTS)]
+    assert [m["run_id"] for m in webhook.messages(event="run_failed")] == [failed[0].run_id]
 
 
 def test_the_webhook_url_never_reaches_logs_or_run_events(
