@@ -740,7 +740,8 @@ def poll_new_objects(
         return None
 
     for position, prefix in enumerate(order):
-        result.stopped_by = exhausted()
+        # every tick lists at least one page, however slow the machine: a pass always advances
+        result.stopped_by = exhausted() if position else None
         if result.stopped_by:
             next_turn = (first + position) % len(watched)
             break
