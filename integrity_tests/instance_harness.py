@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -155,10 +156,14 @@ def _inherited_env() -> dict[str, str]:
     }
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _tail(path: Path, lines: int) -> str:
+    """The last lines of a log, without the terminal colours Dagster's loggers add."""
     if not path.exists():
         return "(no log)"
-    text = path.read_text(errors="replace").splitlines()
+    text = _ANSI_ESCAPE.sub("", path.read_text(errors="replace")).splitlines()
     return "\n".join(text[-lines:])
 
 
