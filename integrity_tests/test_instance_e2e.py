@@ -5,8 +5,8 @@ The production instance (deploy/production/dagster.yaml, PostgreSQL storage) get
 story when INTEGRITY_TEST_POSTGRES_URL is set: a world with drift in three tenants on moto's S3
 server, tenants discovered by the sensor, a reconcile run and a backfill launched over GraphQL
 with their check results, the schedule ticking under INTEGRITY_RECONCILE_CRON, a webhook alert
-sent once and its recovery once, an upload processed through the sensor, remediation runs kept
-apart by the run queue. The local instance (dagster.yaml, SQLite) gets a smoke test.
+sent once and its recovery once, uploads processed through the new-object and bucket
+notification sensors, remediation runs kept apart by the run queue and a re-queue processed. The local instance (dagster.yaml, SQLite) gets a smoke test.
 
 The production tests are one story on one instance, in file order: each starts from what the
 ones before it left (and the slow waits, for the schedule's minute and the sensors' intervals,
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import dagster as dg
@@ -65,6 +66,8 @@ SCHEDULED_RUN_SECONDS = 150
 QUEUED_RUN_SECONDS = 180
 NEW_TENANT = "org-3"
 NEW_UPLOAD = f"documents/{NEW_TENANT}/new-plan.pdf"
+NOTIFIED_TENANT = "org-4"
+NOTIFIED_UPLOAD = f"documents/{NOTIFIED_TENANT}/notified plan.pdf"
 ORG2_ORPHAN = "documents/org-2/orphan.pdf"
 MISSING_ORIGINAL = "documents/org-1/missing.pdf"
 WEBHOOK_TOKEN = "e2e-" + uuid.uuid4().hex
@@ -123,11 +126,23 @@ class S3World:
 
     bucket: str
     s3: Any
+    sqs: Any
+    events_queue_url: str
     engine: sa.Engine
     env: dict[str, str]
 
     def put(self, key: str, data: bytes) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def notify_created(self, key: str) -> None:
+        """What S3 sends the notification queue for a new object (the key URL-encoded)."""
+        record = {
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": self.bucket}, "object": {"key": quote_plus(key)}},
+        }
+        self.sqs.send_message(
+            QueueUrl=self.events_queue_url, MessageBody=json.dumps({"Records": [record]})
+        )
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +151,8 @@ def s3_world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = f"integrity-e2e-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+    events_queue_url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
     db_url = f"sqlite:///{workdir / 'integrity.sqlite'}"
     engine = sa.create_engine(db_url)
     create_reference_schema(engine)
@@ -154,10 +171,19 @@ def s3_world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
         "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         # The new-object sensor watches one tenant that has no planted drift.
-        "INTEGRITY_WATCH_PREFIXES": "documents/org-3/",
+        "INTEGRITY_WATCH_PREFIXES": f"documents/{NEW_TENANT}/",
+        # Bucket notifications arrive on an SQS queue (here for org-4 only: nothing watches it).
+        "INTEGRITY_EVENTS_QUEUE_URL": events_queue_url,
         "INTEGRITY_ALLOW_WRITES": "1",
     }
-    yield S3World(bucket=bucket, s3=s3, engine=engine, env=env)
+    yield S3World(
+        bucket=bucket,
+        s3=s3,
+        sqs=sqs,
+        events_queue_url=events_queue_url,
+        engine=engine,
+        env=env,
+    )
     engine.dispose()
 
 
@@ -372,10 +398,13 @@ def _assert_checks_match_the_drift(
 @pytest.fixture(scope="module")
 def launched(production: RunningInstance, s3_world: S3World) -> dict[str, Any]:
     """What the early tests wait for, started together so the waits overlap: a backfill, a
-    reconcile run, and an upload for the new-object sensor (watching `documents/org-3/`)."""
+    reconcile run, an upload for the new-object sensor (watching `documents/org-3/`) and one
+    announced by a bucket notification."""
     backfill_id = production.launch_backfill("reconcile", BACKFILL_TENANTS, NO_MIN_AGE)
     run_id = production.submit("reconcile", NO_MIN_AGE, {"dagster/partition": "org-1"})
     s3_world.put(NEW_UPLOAD, minimal_pdf("A new plan", ["Ground floor"]))
+    s3_world.put(NOTIFIED_UPLOAD, minimal_pdf("A notified plan", ["First floor"]))
+    s3_world.notify_created(NOTIFIED_UPLOAD)
     return {"backfill": backfill_id, "run": run_id, "at": time.time()}
 
 
@@ -398,10 +427,10 @@ def test_schedule_ticks_on_the_cron_override(
     # One tick proves it; stop it as a person would, so it does not launch every minute.
     assert production.stop_schedule("daily_reconciliation") == "STOPPED"
     scheduled = [instance.get_run_by_id(run_id) for run_id in tick["runIds"]]
-    # One run per tenant found at the tick (org-3 too once its first upload has landed).
+    # One run per tenant found at the tick (org-3 and org-4 too once their uploads landed).
     partitions = [run.tags["dagster/partition"] for run in scheduled]
     assert len(partitions) == len(set(partitions))
-    assert set(TENANTS) <= set(partitions) <= {*TENANTS, NEW_TENANT}
+    assert set(TENANTS) <= set(partitions) <= {*TENANTS, NEW_TENANT, NOTIFIED_TENANT}
     assert {run.tags["integrity/trigger"] for run in scheduled} == {"daily_reconciliation"}
     for run in scheduled:
         status = production.wait_for_run(run.run_id, SCHEDULED_RUN_SECONDS)
@@ -464,14 +493,17 @@ def _wait_processed(
     return run
 
 
-def test_new_object_sensor_processes_an_upload(
+def test_event_sensors_process_new_uploads(
     production: RunningInstance,
     instance: dg.DagsterInstance,
     s3_world: S3World,
     launched: dict[str, Any],
 ) -> None:
+    """An upload under a watched prefix (new_object_sensor) and one announced on the
+    notification queue (bucket_notification_sensor) each become a process_document run."""
     _wait_processed(production, instance, NEW_UPLOAD, "new_object_sensor")
-    assert NEW_UPLOAD in _document_keys(s3_world.engine)
+    _wait_processed(production, instance, NOTIFIED_UPLOAD, "bucket_notification_sensor")
+    assert {NEW_UPLOAD, NOTIFIED_UPLOAD} <= _document_keys(s3_world.engine)
 
 
 def test_remediation_runs_one_at_a_time_and_failures_alert(
@@ -559,10 +591,13 @@ def test_check_alert_once_then_recovery_once(
 def test_discovery_adds_a_tenant_that_appears_later(
     production: RunningInstance, instance: dg.DagsterInstance
 ) -> None:
-    """org-3 had nothing when the instance started; its upload made it a tenant."""
+    """org-3 and org-4 had nothing when the instance started; their uploads made them tenants."""
     production.wait_for(
-        "tenant_discovery_sensor added org-3",
-        lambda: NEW_TENANT in instance.get_dynamic_partitions(TENANTS_PARTITIONS),
+        "tenant_discovery_sensor added org-3 and org-4",
+        lambda: (
+            {NEW_TENANT, NOTIFIED_TENANT}
+            <= set(instance.get_dynamic_partitions(TENANTS_PARTITIONS))
+        ),
         timeout=75,
     )
 
