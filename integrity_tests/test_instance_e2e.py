@@ -6,7 +6,8 @@ story when INTEGRITY_TEST_POSTGRES_URL is set: a world with drift in three tenan
 server, tenants discovered by the sensor, a reconcile run and a backfill launched over GraphQL
 with their check results, the schedule ticking under INTEGRITY_RECONCILE_CRON, a webhook alert
 sent once and its recovery once, uploads processed through the new-object and bucket
-notification sensors, remediation runs kept apart by the run queue and a re-queue processed. The local instance (dagster.yaml, SQLite) gets a smoke test.
+notification sensors, remediation runs kept apart by the run queue and a re-queue processed.
+The local instance (dagster.yaml, SQLite) gets a smoke test.
 
 The production tests are one story on one instance, in file order: each starts from what the
 ones before it left (and the slow waits, for the schedule's minute and the sensors' intervals,
