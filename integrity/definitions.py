@@ -25,4 +25,7 @@ defs = dg.Definitions(
     schedules=[daily_reconciliation],
     sensors=[tenant_discovery_sensor, *event_sensors, *alert_sensors, *policy_sensors],
     resources=build_resources(),
+    # Every step here is one bulk call into the core; a process per step (the default) costs
+    # more than the step. This also covers materializations and asset backfills from the UI.
+    executor=dg.in_process_executor,
 )
