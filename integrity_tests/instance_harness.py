@@ -245,6 +245,24 @@ class RunningInstance:
             raise AssertionError(f"backfill not launched: {result}")
         return result["backfillId"]
 
+    def launch_asset_backfill(
+        self,
+        assets: list[str],
+        partitions: list[str],
+        run_config: Mapping[str, Any] | None = None,
+    ) -> str:
+        """What the UI's "Materialize" over several partitions of assets posts; the backfill id."""
+        params: dict[str, Any] = {
+            "assetSelection": [{"path": [name]} for name in assets],
+            "partitionNames": partitions,
+        }
+        if run_config is not None:
+            params["runConfigData"] = dict(run_config)
+        result = self.graphql(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise AssertionError(f"asset backfill not launched: {result}")
+        return result["backfillId"]
+
     def backfill_status(self, backfill_id: str) -> str:
         result = self.graphql(_BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         if result["__typename"] != "PartitionBackfill":

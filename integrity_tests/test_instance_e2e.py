@@ -60,6 +60,7 @@ NO_MIN_AGE = {"ops": {REPORT: {"config": {"min_age": 0}}}}
 FINDINGS = {**EXPECTED, "org-2": ({**NO_FINDINGS, "orphan_object": 1}, 1, 0)}
 RUN_SECONDS = 120
 BACKFILL_TENANTS = ["org-1", "org-2", "proj-1"]
+ASSET_BACKFILL_TENANTS = ["org-2", "proj-1"]
 INVENTORY_CHECKS = ["storage_inventory_sane", "db_inventory_sane"]
 FRESHNESS_CHECK = "reconciliation_fresh"
 REPORTED_ONLY = {"foreign_reference", "normalization_mismatch"}
@@ -402,11 +403,19 @@ def launched(production: RunningInstance, s3_world: S3World) -> dict[str, Any]:
     reconcile run, an upload for the new-object sensor (watching `documents/org-3/`) and one
     announced by a bucket notification."""
     backfill_id = production.launch_backfill("reconcile", BACKFILL_TENANTS, NO_MIN_AGE)
+    asset_backfill_id = production.launch_asset_backfill(
+        GROUP_ASSETS, ASSET_BACKFILL_TENANTS, NO_MIN_AGE
+    )
     run_id = production.submit("reconcile", NO_MIN_AGE, {"dagster/partition": "org-1"})
     s3_world.put(NEW_UPLOAD, minimal_pdf("A new plan", ["Ground floor"]))
     s3_world.put(NOTIFIED_UPLOAD, minimal_pdf("A notified plan", ["First floor"]))
     s3_world.notify_created(NOTIFIED_UPLOAD)
-    return {"backfill": backfill_id, "run": run_id, "at": time.time()}
+    return {
+        "backfill": backfill_id,
+        "asset_backfill": asset_backfill_id,
+        "run": run_id,
+        "at": time.time(),
+    }
 
 
 def test_schedule_ticks_on_the_cron_override(
@@ -467,6 +476,27 @@ def test_backfill_over_tenant_partitions(
     for partition, run_id in by_partition.items():
         assert materialized(instance, run_id) == {(name, partition) for name in GROUP_ASSETS}
         _assert_checks_match_the_drift(instance, run_id, partition)
+
+
+def test_asset_backfill_as_the_ui_launches_it(
+    production: RunningInstance, instance: dg.DagsterInstance, launched: dict[str, Any]
+) -> None:
+    """Selecting the three assets and several tenants in the UI is an asset backfill: the
+    daemon plans it, one run per partition, each with its check results."""
+    backfill_id = launched["asset_backfill"]
+    status = production.wait_for(
+        f"asset backfill {backfill_id} done",
+        lambda: (s := production.backfill_status(backfill_id)) in BACKFILL_DONE and s,
+        timeout=180,
+        interval=2,
+    )
+    assert status in {"COMPLETED", "COMPLETED_SUCCESS"}
+    backfill_runs = runs(instance, **{"dagster/backfill": backfill_id})
+    assert backfill_runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in backfill_runs)
+    done = set().union(*(materialized(instance, r.run_id) for r in backfill_runs))
+    assert done == {(name, p) for name in GROUP_ASSETS for p in ASSET_BACKFILL_TENANTS}
+    for run in backfill_runs:
+        _assert_checks_match_the_drift(instance, run.run_id, run.tags["dagster/partition"])
 
 
 def _process_runs(instance: dg.DagsterInstance, key: str, source: str) -> list[dg.DagsterRun]:
