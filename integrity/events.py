@@ -374,35 +374,6 @@ def unique_by_run_key(events: Iterable[ObjectEvent]) -> list[ObjectEvent]:
 # --------------------------------------------------------------------------- SQS
 
 
-def _region_of(queue_url: str | None) -> str | None:
-    """The region an AWS queue URL names (https://sqs.<region>.amazonaws.com/...), if any."""
-    host = (queue_url or "").split("://", 1)[-1].split("/", 1)[0]
-    parts = host.split(".")
-    if len(parts) >= 4 and parts[0] == "sqs" and parts[2] == "amazonaws":
-        return parts[1]
-    return None
-
-
-def sqs_client(
-    endpoint_url: str | None = None, region: str | None = None, queue_url: str | None = None
-) -> Any:
-    """A boto3 SQS client; credentials come from the standard AWS chain, never from here.
-
-    Without a region, the one an AWS queue URL names is used. Raises QueueError (one line).
-    """
-    import boto3
-
-    try:
-        return boto3.client(
-            "sqs", endpoint_url=endpoint_url, region_name=region or _region_of(queue_url)
-        )
-    except Exception as exc:
-        raise QueueError(
-            f"cannot make an SQS client ({type(exc).__name__}): set AWS_REGION, and "
-            "AWS_ENDPOINT_URL for an SQS-compatible server"
-        ) from None
-
-
 def queue_name(url: str) -> str:
     """The queue's name, safe to print."""
     return url.rstrip("/").rsplit("/", 1)[-1]

@@ -618,9 +618,11 @@ def test_objects_requested_inside_the_look_back_are_not_requested_again(tmp_path
 
 
 def test_an_sqs_client_takes_its_region_from_an_aws_queue_url(monkeypatch) -> None:
-    from integrity.events import sqs_client
+    from integrity.remediation.queue import make_queue, sqs_client
 
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    client = sqs_client(queue_url="https://sqs.eu-west-1.amazonaws.com/123456789012/uploads")
-    assert client.meta.region_name == "eu-west-1"
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads"
+    assert sqs_client(queue_url=url).meta.region_name == "eu-west-1"
+    # remediation's queue makes its client the same way
+    assert make_queue(url).client.meta.region_name == "eu-west-1"

@@ -42,11 +42,10 @@ from integrity.events import (
     known_upload_keys,
     parse_requeue_message,
     poll_new_objects,
-    sqs_client,
     unique_by_run_key,
 )
 from integrity.inventory import db_error_reason, minimal_prefixes
-from integrity.remediation.queue import mark_taken, peek_pending
+from integrity.remediation.queue import mark_taken, peek_pending, sqs_client
 
 NEW_OBJECT_SENSOR = "new_object_sensor"
 NOTIFICATION_SENSOR = "bucket_notification_sensor"

@@ -295,13 +295,39 @@ class SqsQueue(TableQueue):
         return sent
 
 
+def _region_of(queue_url: str | None) -> str | None:
+    """The region an AWS queue URL names (https://sqs.<region>.amazonaws.com/...), if any."""
+    host = (queue_url or "").split("://", 1)[-1].split("/", 1)[0]
+    parts = host.split(".")
+    if len(parts) >= 4 and parts[0] == "sqs" and parts[2] == "amazonaws":
+        return parts[1]
+    return None
+
+
+def sqs_client(
+    endpoint_url: str | None = None, region: str | None = None, queue_url: str | None = None
+) -> Any:
+    """A boto3 SQS client; credentials come from the standard AWS chain, never from here.
+
+    Without a region, the one an AWS queue URL names is used. Raises QueueError (one line).
+    """
+    import boto3
+
+    try:
+        return boto3.client(
+            "sqs", endpoint_url=endpoint_url, region_name=region or _region_of(queue_url)
+        )
+    except Exception as exc:
+        raise QueueError(
+            f"cannot make an SQS client ({type(exc).__name__}): set AWS_REGION, and "
+            "AWS_ENDPOINT_URL for an SQS-compatible server"
+        ) from None
+
+
 def make_queue(
     queue_url: str | None, *, endpoint_url: str | None = None, region: str | None = None
 ) -> WorkQueue:
     """SQS when a queue URL is given (credentials from the standard AWS chain), else the table."""
     if not queue_url:
         return TableQueue()
-    import boto3
-
-    client = boto3.client("sqs", endpoint_url=endpoint_url, region_name=region)
-    return SqsQueue(client, queue_url)
+    return SqsQueue(sqs_client(endpoint_url, region, queue_url), queue_url)
