@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -93,3 +95,32 @@ def postgres_engine() -> Iterator[sa.Engine]:
 def engine(request) -> sa.Engine:
     """The reference schema, empty, on SQLite and (when configured) on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_engine")
+
+
+# --------------------------------------------------------------------------- Dagster
+
+
+@pytest.fixture
+def instance() -> Iterator[Any]:
+    """A throwaway Dagster instance with the planted world's tenant partitions (and `__all__`)."""
+    import dagster as dg
+
+    from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
+    from integrity.inventory import ALL_TENANTS
+    from integrity_tests.dagster_world import TENANTS
+
+    with dg.instance_for_test() as test_instance:
+        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
+        yield test_instance
+
+
+@pytest.fixture
+def storage_root(tmp_path: Path, sqlite_engine: sa.Engine) -> Path:
+    """A storage directory named like the demo bucket, with the planted drift (rows in SQLite)."""
+    from integrity.storage import LocalStorage
+    from integrity_tests.dagster_world import plant_drift
+
+    root = tmp_path / "integrity-demo"
+    root.mkdir()
+    plant_drift(LocalStorage(root), sqlite_engine)
+    return root

@@ -34,11 +34,9 @@ from integrity.defs.alerts import (
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.jobs import RECONCILE_JOB, reconcile_job
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
-from integrity.inventory import ALL_TENANTS
 from integrity.storage import LocalStorage
-from integrity_tests.dagster_world import TENANTS, plant_drift
+from integrity_tests.dagster_world import plant_drift
 from integrity_tests.test_alerts import (
     SECRET_PATH,
     MailServer,
@@ -61,13 +59,6 @@ def http_server() -> Iterator[RecordingServer]:
 def smtp_server() -> Iterator[MailServer]:
     with running_smtp() as server:
         yield server
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
-        yield test_instance
 
 
 def webhook(server: RecordingServer, **fields: Any) -> AlertsResource:

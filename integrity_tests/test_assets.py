@@ -7,7 +7,6 @@ an incomplete listing still writes a report marked incomplete.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,14 @@ import sqlalchemy as sa
 
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager, partition_dir_name
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, DatabaseInventory, StorageInventory
 from integrity.storage import LocalStorage, S3Storage
-from integrity_tests.dagster_world import EXPECTED, TENANTS, plant_drift
+from integrity_tests.dagster_world import EXPECTED, plant_drift
 from integrity_tests.flaky_proxy import FlakyProxy
 
 REPORT = "reconciliation_report"
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
-        yield test_instance
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,12 @@ from integrity.defs.checks import (
     reconciliation_freshness_sensor,
 )
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, REPORT_ONLY_KINDS
 from integrity.errors import SpecError
 from integrity.inventory import ALL_TENANTS
 from integrity.spec import InventoryChecks, KindThresholds, default_spec, load_spec
-from integrity.storage import LocalStorage
-from integrity_tests.dagster_world import EXPECTED, TENANTS, plant_drift
+from integrity_tests.dagster_world import EXPECTED
 
 REPORT = dg.AssetKey("reconciliation_report")
 ALL_CHECKS = {*FINDING_KINDS, STORAGE_INVENTORY_CHECK, DB_INVENTORY_CHECK, FRESHNESS_CHECK}
@@ -240,21 +237,6 @@ def write_spec(tmp_path: Path, **sections: Any) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
-        yield test_instance
-
-
-@pytest.fixture
-def storage_root(tmp_path: Path, sqlite_engine: sa.Engine) -> Path:
-    root = tmp_path / "integrity-demo"
-    root.mkdir()
-    plant_drift(LocalStorage(root), sqlite_engine)
-    return root
 
 
 def make_resources(

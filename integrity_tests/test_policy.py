@@ -9,7 +9,6 @@ breaker passes and INTEGRITY_ALLOW_WRITES=1; one run key per report materializat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from integrity import schema, settings
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.checks import REPORT_KEY, reconciliation_checks
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.policy import (
     AUTO_REMEDIATION_SENSOR,
     MODE_TAG,
@@ -45,19 +43,10 @@ from integrity.policy import APPLY, AUTO_REMEDIATE_ENV, DRY_RUN, SKIP, allowed_k
 from integrity.reconcile import reconcile
 from integrity.spec import PolicySpec, default_spec
 from integrity.storage import LocalStorage
-from integrity_tests.dagster_world import TENANTS, plant_drift
 
 # org-1: orphan_object, stuck_job, missing_original (1 of its 2 documents) and progress_behind.
 ORG_KINDS = ("orphan_object", "stuck_job", "missing_original", "progress_behind")
 SAFE_KINDS = ("orphan_object", "stuck_job", "progress_behind")
-
-
-@pytest.fixture
-def storage_root(tmp_path: Path, sqlite_engine: sa.Engine) -> Path:
-    root = tmp_path / "integrity-demo"
-    root.mkdir()
-    plant_drift(LocalStorage(root), sqlite_engine)
-    return root
 
 
 @pytest.fixture
@@ -139,13 +128,6 @@ def test_allowed_kinds_from_the_environment_or_the_spec() -> None:
 
 
 # --------------------------------------------------------------------------- the sensor
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
-        yield test_instance
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import yaml
 from integrity import schema, settings
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.remediation import REMEDIATION_TAG
 from integrity.defs.resources import (
     DatabaseResource,
@@ -37,7 +35,7 @@ from integrity.remediation import COMPLETED_MSG, ledger
 from integrity.remediation.queue import SqsQueue, TableQueue
 from integrity.remediation.rollback import ROLLBACK_COMPLETED_MSG
 from integrity.storage import LocalStorage, S3Storage
-from integrity_tests.dagster_world import EXPECTED, TENANTS, plant_drift
+from integrity_tests.dagster_world import EXPECTED, plant_drift
 from integrity_tests.flaky_proxy import FlakyProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +51,6 @@ def defs() -> dg.Definitions:
     from integrity.definitions import defs as loaded
 
     return loaded
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(TENANTS_PARTITIONS, [*TENANTS, ALL_TENANTS])
-        yield test_instance
 
 
 @pytest.fixture
