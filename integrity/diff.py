@@ -8,8 +8,6 @@ used by reports, metadata, checks and remediation.
 from __future__ import annotations
 
 import json
-import re
-import string
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +27,7 @@ from integrity.inventory import (
     write_parquet,
 )
 from integrity.keys import normalized_array, resolve_references
-from integrity.spec import ReconciliationSpec
+from integrity.spec import ReconciliationSpec, template_regex
 
 ACTIONS: dict[str, str] = {
     "orphan_object": "requeue",
@@ -198,16 +196,6 @@ def _findings(**columns: Any) -> pd.DataFrame:
     return frame[FINDING_COLUMNS]
 
 
-def _template_regex(template: str, tail: str = "") -> str:
-    """A prefix template such as 'documents/{tenant}/' as a regex with named groups."""
-    pattern = "^"
-    for literal, name, _, _ in string.Formatter().parse(template):
-        pattern += re.escape(literal)
-        if name:
-            pattern += f"(?P<{name}>[^/]+)"
-    return pattern + tail
-
-
 class _ObjectIndex:
     """Set membership over the listed keys in Arrow (no Python string per key), with the
     normalised spelling built only when some reference is not found as spelled."""
@@ -365,7 +353,7 @@ def _unprocessed_uploads(
     last_seen = merged["last_modified"].where(
         job_updated.isna() | (merged["last_modified"] >= job_updated), job_updated
     )
-    tenant = merged["key"].str.extract(_template_regex(uploads.prefix))["tenant"]
+    tenant = merged["key"].str.extract(template_regex(uploads.prefix))["tenant"]
     jobs_spec = spec.jobs
     requeue = jobs_spec.requeue_statuses if jobs_spec else []
     processing = jobs_spec.processing_statuses if jobs_spec else []
@@ -424,7 +412,7 @@ def _progress_behind(
     keys = storage.objects["key"]
     descriptors = keys[keys.str.endswith(plans_spec.descriptor_suffix)]
     groups = ["tenant", "project", "plan"] if "project" in plans.columns else ["tenant", "plan"]
-    found = descriptors.str.extract(_template_regex(plans_spec.sheets_prefix, ".+"))
+    found = descriptors.str.extract(template_regex(plans_spec.sheets_prefix, ".+"))
     counts = found.dropna().groupby(groups, sort=False).size().rename("expected").reset_index()
     live = plans.loc[~plans["status"].isin(plans_spec.skip_statuses)].rename(
         columns={"row_id": "plan"}

@@ -43,6 +43,16 @@ def _template_fields(template: str) -> set[str]:
         raise ValueError(f"{template!r} is not a valid template: {exc}") from None
 
 
+def template_regex(template: str, tail: str = "") -> str:
+    """A prefix template such as 'documents/{tenant}/' as a regex with named groups."""
+    pattern = "^"
+    for literal, name, _, _ in string.Formatter().parse(template):
+        pattern += re.escape(literal)
+        if name:
+            pattern += f"(?P<{name}>[^/]+)"
+    return pattern + tail
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

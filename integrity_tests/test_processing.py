@@ -616,3 +616,17 @@ def test_images_rows_get_a_bounded_staged_jpeg(
     assert _keys(store) == objects
     ignored = _process(f"{base}/img-9/unknown.jpg", store, sqlite_engine)
     assert ignored.outcome == "ignored"
+
+
+def test_the_upload_tenant_follows_the_spec_prefix_template() -> None:
+    from integrity.processing.processor import upload_tenant
+    from integrity.spec import UploadsSpec, default_spec
+
+    spec = default_spec()
+    assert upload_tenant(spec, "documents/org-1/plans/p.pdf") == "org-1"
+    assert upload_tenant(spec, "documents/org-1/") is None  # a directory marker
+    assert upload_tenant(spec, "documents/org-1") is None  # nothing under the tenant
+    assert upload_tenant(spec, "organizations/org-1/x.pdf") is None
+    custom = spec.model_copy(update={"uploads": UploadsSpec(prefix="in/{tenant}/raw/")})
+    assert upload_tenant(custom, "in/acme/raw/a\nb.pdf") == "acme"
+    assert upload_tenant(custom, "in/acme/other/a.pdf") is None

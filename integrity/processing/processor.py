@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from integrity.errors import IntegrityError
 from integrity.processing import render, state
 from integrity.processing.render import BadInput
-from integrity.spec import ReconciliationSpec
+from integrity.spec import ReconciliationSpec, template_regex
 from integrity.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,8 @@ def upload_tenant(spec: ReconciliationSpec, key: str) -> str | None:
     """The tenant of a key under the uploads prefix (`documents/{tenant}/...`), else None."""
     if spec.uploads is None:
         return None
-    head, _, tail = spec.uploads.prefix.partition("{tenant}")
-    match = re.fullmatch(re.escape(head) + r"([^/]+)" + re.escape(tail) + r".+", key, re.DOTALL)
-    return match.group(1) if match and not key.endswith("/") else None
+    match = re.fullmatch(template_regex(spec.uploads.prefix, ".+"), key, re.DOTALL)
+    return match.group("tenant") if match and not key.endswith("/") else None
 
 
 def with_backoff(
