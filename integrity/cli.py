@@ -4,9 +4,10 @@ of a remediation run, and the demo.
 Every failure a user can cause (a bad flag, a bad duration, an unreachable database, a missing
 bucket, a spec error, a refused remediation) ends with one line on stderr and a non-zero exit,
 never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
-nothing changed), 2 usage error, 1 any other error (remediation refused by the missing opt-in
-or the circuit breaker, among others). A run that finishes ends with one structured JSON log
-line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
+nothing changed), 2 usage error (a bad flag, environment value or spec), 1 any other error
+(remediation refused by the missing opt-in or the circuit breaker, among others). A run that
+finishes ends with one structured JSON log line on stderr ("msg": "reconcile: completed" or
+"rollback: completed") carrying its counts.
 Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
 """
 
@@ -28,7 +29,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from integrity import settings
 from integrity.durations import format_duration, parse_duration
-from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, UsageError
+from integrity.errors import (
+    DatabaseError,
+    IntegrityError,
+    RemediationRefused,
+    SpecError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -87,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report drift between storage and the database. A dry run unless --apply is "
         f"given (which also needs {settings.ENV_ALLOW_WRITES}=1 in the environment). "
         "Exit status: 0 complete report, 3 incomplete report (with --apply: refused), "
-        "2 usage error, 1 other error (a refused --apply among them).",
+        "2 usage or spec error, 1 other error (a refused --apply among them).",
     )
     rec.add_argument(
         "--db-url",
@@ -608,7 +615,6 @@ def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
 
 def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
     """RemediationOptions from the flags; the core's one-line errors, named after the flags."""
-    from integrity.errors import SpecError
     from integrity.remediation import RemediationOptions
 
     kinds = _parse_kinds(args.kinds)
@@ -1218,7 +1224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except UsageError as exc:
+    except (UsageError, SpecError) as exc:
         return _error(str(exc), EXIT_USAGE)
     except IntegrityError as exc:
         return _error(str(exc), EXIT_ERROR)

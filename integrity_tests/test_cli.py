@@ -246,8 +246,8 @@ def _bad_spec(tmp_path: Path) -> Path:
         (
             "missing storage dir",
             ["reconcile", "--storage-dir", "{tmp}/nowhere"],
-            1,
-            "nowhere does not exist",
+            2,
+            "--storage-dir: {tmp}/nowhere does not exist",
         ),
         (
             "bucket and dir",
@@ -255,11 +255,11 @@ def _bad_spec(tmp_path: Path) -> Path:
             2,
             "mutually exclusive",
         ),
-        ("bad spec", ["reconcile", "--spec", "{spec}"], 1, "tables.documents.tenant"),
+        ("bad spec", ["reconcile", "--spec", "{spec}"], 2, "tables.documents.tenant"),
         (
             "missing spec",
             ["reconcile", "--spec", "{tmp}/nope.yaml"],
-            1,
+            2,
             "cannot read the spec file",
         ),
         # the suffix is refused before anything else is looked at (the storage dir is missing too)
@@ -292,7 +292,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, (case, result.stderr)
     assert lines[0].startswith("integrity"), lines
-    assert expected in lines[0], (case, lines[0])
+    assert expected.format(tmp=tmp_path) in lines[0], (case, lines[0])
     assert "hunter2" not in result.stderr + result.stdout
     assert not (tmp_path / "r.txt").exists()
 
