@@ -175,6 +175,10 @@ def test_parse_duration() -> None:
     for bad in ("", "h", "1x", "-5", "1h 30m", "1.5.2s"):
         with pytest.raises(UsageError, match="--min-age"):
             parse_duration(bad, option="--min-age")
+    assert parse_duration("36500d") == timedelta(days=36500)
+    for too_long in ("36501d", "99999999999d", "9" * 400, "5300w"):
+        with pytest.raises(UsageError, match=r"--min-age: '.*' is too long \(at most 36500d\)"):
+            parse_duration(too_long, option="--min-age")
     assert format_duration(timedelta(minutes=90)) == "1h30m"
     assert format_duration(timedelta(0)) == "0s"
 
