@@ -664,7 +664,7 @@ def require_writes(command: str) -> None:
         )
 
 
-def queue_location(url: str) -> tuple[str, str | None]:
+def queue_location(url: str, option: str = "--queue-url") -> tuple[str, str | None]:
     """The endpoint a queue URL names (AWS, or moto/ElasticMQ/LocalStack) and its AWS region."""
     from urllib.parse import urlsplit
 
@@ -681,7 +681,7 @@ def queue_location(url: str) -> tuple[str, str | None]:
         or path.count("/") != 1
     ):
         raise UsageError(
-            f"--queue-url: {url!r} is not an SQS queue URL "
+            f"{option}: {_shown(_without_userinfo(url))} is not an SQS queue URL "
             "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
         )
     aws = re.fullmatch(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", parts.hostname)
@@ -943,7 +943,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
     queue_url = args.queue_url or (_env(settings.ENV_QUEUE_URL) if args.apply else None)
     if queue_url:
-        queue_location(queue_url)
+        queue_location(queue_url, "--queue-url" if args.queue_url else settings.ENV_QUEUE_URL)
     options = remediation_options(args, dry_run=not args.apply)
     if args.apply:
         require_writes("integrity reconcile --apply")

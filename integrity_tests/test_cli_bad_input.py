@@ -347,6 +347,12 @@ FLAG_CASES: list[tuple[str, list[str], dict[str, str], str]] = [
         "--queue-url: 'http://[::1/123456789012/q' is not an SQS queue URL",
     ),
     (
+        "INTEGRITY_QUEUE_URL with a port that is not a number",
+        ["reconcile"],
+        {"INTEGRITY_QUEUE_URL": f"http://key:{SECRET}@127.0.0.1:x/123456789012/q"},
+        "INTEGRITY_QUEUE_URL: 'http://***@127.0.0.1:x/123456789012/q' is not an SQS queue URL",
+    ),
+    (
         "--batch-size beyond one statement",
         ["reconcile", "--batch-size", "100000"],
         {},
@@ -546,15 +552,14 @@ def assert_refused(
     assert not (world / "home").exists()
 
 
-def _with_world(argv: list[str], world: Path) -> list[str]:
+def _with_world(argv: list[str], world: Path, env: dict[str, str] | None = None) -> list[str]:
     """The planted database and storage for reconcile and rollback, unless the case sets them."""
     extra: list[str] = []
     if argv[0] in ("reconcile", "rollback") and "--db-url" not in argv:
         extra += ["--db-url", f"sqlite:///{world / 'db.sqlite'}"]
     if argv[0] == "reconcile":
-        if not {"--storage-dir", "--bucket", "--endpoint-url"} & set(argv) and argv != [
-            "reconcile"
-        ]:
+        storage_given = {"--storage-dir", "--bucket", "--endpoint-url"} & set(argv)
+        if not storage_given and "INTEGRITY_STORAGE_DIR" not in (env or {}):
             extra += ["--storage-dir", str(world / "storage")]
         if "--apply" not in argv:
             extra.append("--apply")
@@ -598,7 +603,7 @@ def test_bad_flag_is_one_line_naming_the_flag(
     values = {"tmp": tmp_path, "file": file, "world": world}
     for name, value in env.items():
         clean_env.setenv(name, value.format(**values))
-    argv = _with_world([a.format(**values) for a in argv], world)
+    argv = _with_world([a.format(**values) for a in argv], world, env)
     assert_refused(world, clean_env, capsys, argv, expected.format(**values))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no report, no scratch
 
