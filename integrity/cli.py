@@ -4,9 +4,10 @@ of a remediation run, and the demo.
 Every failure a user can cause (a bad flag, a bad duration, an unreachable database, a missing
 bucket, a spec error, a refused remediation) ends with one line on stderr and a non-zero exit,
 never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
-nothing changed), 2 usage error, 1 any other error (remediation refused by the missing opt-in
-or the circuit breaker, among others). A run that finishes ends with one structured JSON log
-line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
+nothing changed), 2 usage error (a bad flag, environment value or spec), 1 any other error
+(remediation refused by the missing opt-in or the circuit breaker, among others). A run that
+finishes ends with one structured JSON log line on stderr ("msg": "reconcile: completed" or
+"rollback: completed") carrying its counts.
 Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
 """
 
@@ -28,7 +29,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from integrity import settings
 from integrity.durations import format_duration, parse_duration
-from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, UsageError
+from integrity.errors import (
+    DatabaseError,
+    IntegrityError,
+    RemediationRefused,
+    SpecError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -40,6 +47,9 @@ PROG = "integrity"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 REPORT_SUFFIXES = (".csv", ".jsonl")
 LIST_CONCURRENCY, RECHECK_CONCURRENCY = 8, 5
+# Upper bounds of the count flags: a batch is one transaction and one statement's parameters
+# (PostgreSQL takes at most 65,535), and a listing of runs is read at once.
+MAX_BATCH_SIZE, MAX_LAST = 10_000, 100_000
 # The finding kinds remediation acts on (integrity.diff.ACTION_KINDS, spelled out here so that
 # `--help` needs no pandas import; a test keeps the two equal).
 _ACTION_KINDS = (
@@ -51,11 +61,20 @@ _ACTION_KINDS = (
 )
 
 
+def _text(value: str) -> str:
+    """A flag's text value: an empty one is refused, never taken as 'use the default'."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the full usage is one `--help` away)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(
+            EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n"
+        )
 
 
 # --------------------------------------------------------------------------- arguments
@@ -75,34 +94,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report drift between storage and the database. A dry run unless --apply is "
         f"given (which also needs {settings.ENV_ALLOW_WRITES}=1 in the environment). "
         "Exit status: 0 complete report, 3 incomplete report (with --apply: refused), "
-        "2 usage error, 1 other error (a refused --apply among them).",
+        "2 usage or spec error, 1 other error (a refused --apply among them).",
     )
     rec.add_argument(
         "--db-url",
         metavar="URL",
+        type=_text,
         help=f"SQLAlchemy database URL (env {settings.ENV_DB_URL}; default: the demo SQLite file)",
     )
     where = rec.add_argument_group("storage (one of)")
     where.add_argument(
-        "--bucket", metavar="NAME", help=f"S3-compatible bucket (env {settings.ENV_BUCKET})"
+        "--bucket",
+        metavar="NAME",
+        type=_text,
+        help=f"S3-compatible bucket (env {settings.ENV_BUCKET})",
     )
     where.add_argument(
         "--endpoint-url",
         metavar="URL",
+        type=_text,
         help=f"S3 endpoint for MinIO, R2, ... (env {settings.ENV_ENDPOINT_URL})",
     )
     where.add_argument(
-        "--region", metavar="REGION", help="S3 region (default: the AWS configuration)"
+        "--region", metavar="REGION", type=_text, help="S3 region (default: the AWS configuration)"
     )
     where.add_argument(
         "--storage-dir",
         metavar="DIR",
+        type=_text,
         help=f"a local directory standing in for the bucket (env {settings.ENV_STORAGE_DIR}; "
         "default: the demo storage directory)",
     )
     rec.add_argument(
         "--spec",
         metavar="FILE",
+        type=_text,
         help=f"reconciliation spec, YAML or JSON (env {settings.ENV_SPEC})",
     )
     rec.add_argument(
@@ -140,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of the summary"
     )
     rec.add_argument(
-        "--report", metavar="FILE", help="write every finding to FILE (.csv or .jsonl)"
+        "--report", metavar="FILE", type=_text, help="write every finding to FILE (.csv or .jsonl)"
     )
     _add_remediation_arguments(rec)
     rec.set_defaults(handler=cmd_reconcile)
@@ -154,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--home",
         metavar="DIR",
+        type=_text,
         help=f"where to build it (env {settings.ENV_HOME}; default ./.integrity)",
     )
     demo.add_argument(
@@ -189,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument(
         "--db-url",
         metavar="URL",
+        type=_text,
         help=f"SQLAlchemy database URL (env {settings.ENV_DB_URL}; default: the demo SQLite file)",
     )
     rb.add_argument(
@@ -262,6 +290,7 @@ def _add_remediation_arguments(rec: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--queue-url",
         metavar="URL",
+        type=_text,
         help=f"SQS queue for re-queued objects (env {settings.ENV_QUEUE_URL}; default: the "
         "integrity_queue table in the database)",
     )
@@ -274,6 +303,11 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def _db_url_option(args: argparse.Namespace) -> str:
+    """Where the database URL came from, for messages: the flag, else the environment."""
+    return "--db-url" if args.db_url or not _env(settings.ENV_DB_URL) else settings.ENV_DB_URL
+
+
 def _check_report_path(path: str | None) -> Path | None:
     """Refuse a report path before any work is done, rather than after a long listing."""
     if path is None:
@@ -281,18 +315,49 @@ def _check_report_path(path: str | None) -> Path | None:
     target = Path(path).expanduser()
     if target.suffix not in REPORT_SUFFIXES:
         raise UsageError(f"--report: {path!r} must end in .csv or .jsonl")
-    if target.is_dir():
-        raise UsageError(f"--report: {path!r} is a directory")
-    parent = target.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--report: cannot write {path!r} ({parent} is not a writable directory)")
+    try:
+        if target.is_dir():
+            raise UsageError(f"--report: {path!r} is a directory")
+        parent = target.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(
+                f"--report: cannot write {path!r} ({parent} is not a writable directory)"
+            )
+        _probe_writable(target.absolute(), parent)
+    except OSError as exc:  # a name too long, a read-only mount, a pseudo file system
+        raise UsageError(f"--report: cannot write {path!r} ({exc.strerror or exc})") from None
     return target
 
 
-def make_engine(url: str) -> sa.Engine:
-    """An engine for the URL, with a readable error for a missing SQLite file or a bad URL."""
+def _probe_writable(target: Path, existing: Path) -> None:
+    """Open the report file (or a scratch file where it will go) the way the export will, and
+    leave nothing behind: permissions alone miss a read-only mount, a pseudo file system, a
+    name too long and, for root, every mode bit."""
+    if target.exists():
+        if target.is_file():
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
+        return
+    if existing == target.parent:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        target.unlink()
+        return
+    import tempfile
+
+    tempfile.TemporaryFile(dir=existing).close()
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    for part in target.relative_to(existing).parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OSError(36, "File name too long")
+
+
+def make_engine(url: str, *, option: str = "--db-url") -> sa.Engine:
+    """An engine for the URL, with a readable error for a missing SQLite file or a bad URL.
+
+    `option` is where the URL came from (the flag or the environment variable), for messages;
+    the URL itself is shown only with its password hidden, or not at all when unparseable."""
     import sqlalchemy as sa
 
     from integrity.database import database_url
@@ -302,11 +367,22 @@ def make_engine(url: str) -> sa.Engine:
         parsed = database_url(url)
     except sa.exc.ArgumentError:
         raise UsageError(
-            "--db-url: not a valid SQLAlchemy URL (e.g. postgresql://user@host/db)"
+            f"{option}: not a valid SQLAlchemy URL (e.g. postgresql://user@host/db)"
         ) from None
+    except ValueError:  # SQLAlchemy reads the port with int(): 'h:notaport', '[::1' unclosed
+        raise UsageError(
+            f"{option}: not a valid SQLAlchemy URL: the port must be a number "
+            "(e.g. postgresql://user@host:5432/db)"
+        ) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise UsageError(
+            f"{option}: {safe_url(parsed)}: port {parsed.port} is not between 1 and 65535"
+        )
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         local_file = database and database != ":memory:" and not database.startswith("file:")
+        if local_file and Path(database).is_dir():
+            raise UsageError(f"{option}: {database} is a directory, not a SQLite database file")
         if local_file and not Path(database).is_file():
             hint = (
                 " (run 'integrity demo' to create it)" if url == settings.default_db_url() else ""
@@ -316,7 +392,7 @@ def make_engine(url: str) -> sa.Engine:
         return sa.create_engine(parsed)
     except sa.exc.ArgumentError as exc:
         reason = str(exc).splitlines()[0][:200]
-        raise UsageError(f"--db-url: {safe_url(url)}: {reason}") from None
+        raise UsageError(f"{option}: {safe_url(url)}: {reason}") from None
     except ImportError as exc:
         raise DatabaseError(
             f"no driver for {safe_url(url)}: {exc.name or exc} is not installed"
@@ -344,12 +420,88 @@ def resolve_store(args: argparse.Namespace) -> ObjectStore:
         raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
     bucket = args.bucket or (None if args.storage_dir else _env(settings.ENV_BUCKET))
     if bucket:
-        return make_s3_store(
-            bucket, args.endpoint_url or _env(settings.ENV_ENDPOINT_URL), args.region
-        )
+        check_bucket_name(bucket, "--bucket" if args.bucket else settings.ENV_BUCKET)
+        endpoint_url = args.endpoint_url or _env(settings.ENV_ENDPOINT_URL)
+        if endpoint_url:
+            check_endpoint_url(
+                endpoint_url, "--endpoint-url" if args.endpoint_url else settings.ENV_ENDPOINT_URL
+            )
+        if args.region:
+            check_region(args.region, "--region")
+        return make_s3_store(bucket, endpoint_url, args.region)
     if args.endpoint_url or args.region:
         raise UsageError("--endpoint-url and --region need --bucket")
+    if args.storage_dir or _env(settings.ENV_STORAGE_DIR):
+        check_storage_dir(
+            settings.default_storage_dir() if not args.storage_dir else Path(args.storage_dir),
+            "--storage-dir" if args.storage_dir else settings.ENV_STORAGE_DIR,
+        )
     return LocalStorage(args.storage_dir or settings.default_storage_dir())
+
+
+# botocore's own rules: a bucket name as its parameter validation accepts it, a region name as
+# its endpoint resolver does.
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,255}")
+_REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
+
+
+def check_bucket_name(bucket: str, option: str) -> None:
+    if not _BUCKET_NAME.fullmatch(bucket):
+        raise UsageError(
+            f"{option}: {_shown(bucket)} is not a bucket name (letters, digits, '.', '-', '_')"
+        )
+
+
+def check_region(region: str, option: str) -> None:
+    if not _REGION_NAME.fullmatch(region):
+        raise UsageError(f"{option}: {_shown(region)} is not a region name (e.g. us-east-1, auto)")
+
+
+def check_endpoint_url(url: str, option: str) -> None:
+    """An S3 endpoint is http(s)://host[:port][/path]; botocore's own error for anything else
+    ("Invalid endpoint") names neither the flag nor what is missing. Credentials in it are
+    refused without showing them."""
+    from urllib.parse import urlsplit
+
+    example = "(e.g. http://127.0.0.1:9000 or https://ACCOUNT.r2.cloudflarestorage.com)"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UsageError(
+            f"{option}: {_shown(_without_userinfo(url))} is not a URL {example}"
+        ) from None
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"{option}: must not carry credentials (use AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY or a profile)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"{option}: {_shown(url)} is not an http:// or https:// URL with a host {example}"
+        )
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"{option}: port {port} is not between 1 and 65535")
+
+
+def check_storage_dir(directory: Path, option: str) -> None:
+    directory = directory.expanduser()
+    if not directory.exists():
+        raise UsageError(f"{option}: {directory} does not exist")
+    if not directory.is_dir():
+        raise UsageError(f"{option}: {directory} is not a directory")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise UsageError(f"{option}: {directory} is not readable")
+
+
+def _without_userinfo(url: str) -> str:
+    """The text of a URL with anything before an '@' in its authority hidden."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", r"\1***@", url)
+
+
+def _shown(value: str, width: int = 100) -> str:
+    """A value quoted for a message, cut to a readable length."""
+    return repr(value if len(value) <= width else value[: width - 1] + "…")
 
 
 class Progress:
@@ -463,12 +615,15 @@ def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
 
 def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
     """RemediationOptions from the flags; the core's one-line errors, named after the flags."""
-    from integrity.errors import SpecError
     from integrity.remediation import RemediationOptions
 
     kinds = _parse_kinds(args.kinds)
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit: must be at least 1, not {args.limit}")
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise UsageError(
+            f"--batch-size: must be at most {MAX_BATCH_SIZE:,}, not {args.batch_size:,}"
+        )
     pause = parse_duration(args.pause, option="--pause").total_seconds()
     try:
         return RemediationOptions(
@@ -509,15 +664,24 @@ def require_writes(command: str) -> None:
         )
 
 
-def queue_location(url: str) -> tuple[str, str | None]:
+def queue_location(url: str, option: str = "--queue-url") -> tuple[str, str | None]:
     """The endpoint a queue URL names (AWS, or moto/ElasticMQ/LocalStack) and its AWS region."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        valid_port = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:  # a port that is not a number, an unclosed '[' of an IPv6 address
+        parts, valid_port = urlsplit(""), False
     path = parts.path.strip("/")
-    if parts.scheme not in ("http", "https") or not parts.hostname or path.count("/") != 1:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not valid_port
+        or path.count("/") != 1
+    ):
         raise UsageError(
-            f"--queue-url: {url!r} is not an SQS queue URL "
+            f"{option}: {_shown(_without_userinfo(url))} is not an SQS queue URL "
             "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
         )
     aws = re.fullmatch(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", parts.hostname)
@@ -779,7 +943,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
     queue_url = args.queue_url or (_env(settings.ENV_QUEUE_URL) if args.apply else None)
     if queue_url:
-        queue_location(queue_url)
+        queue_location(queue_url, "--queue-url" if args.queue_url else settings.ENV_QUEUE_URL)
     options = remediation_options(args, dry_run=not args.apply)
     if args.apply:
         require_writes("integrity reconcile --apply")
@@ -791,7 +955,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec or _env(settings.ENV_SPEC))
     db_url = args.db_url or settings.default_db_url()
     store = resolve_store(args)
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, option=_db_url_option(args))
     work_queue = None
     if args.apply:
         work_queue = make_work_queue(queue_url)
@@ -841,6 +1005,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from integrity.storage.local import LocalStorage
 
     home = Path(args.home).expanduser().absolute() if args.home else settings.home()
+    if home.exists() and not home.is_dir():
+        option = "--home" if args.home else settings.ENV_HOME if _env(settings.ENV_HOME) else "home"
+        raise UsageError(f"{option}: {home} is not a directory")
     started = time.perf_counter()
     env = demo.build_demo(home, reset=not args.no_reset)
     built = time.perf_counter() - started
@@ -906,8 +1073,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Undo a remediation run from its audit records (a dry run unless --apply), or list runs."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: must be at least 1, not {args.batch_size}")
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise UsageError(
+            f"--batch-size: must be at most {MAX_BATCH_SIZE:,}, not {args.batch_size:,}"
+        )
     if args.last < 1:
         raise UsageError(f"--last: must be at least 1, not {args.last}")
+    if args.last > MAX_LAST:
+        raise UsageError(f"--last: must be at most {MAX_LAST:,}, not {args.last:,}")
     if args.list and args.apply:
         raise UsageError("--apply: goes with --run-id, not with --list")
     run_id = args.run_id.strip() if args.run_id is not None else None
@@ -921,7 +1094,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     db_url = args.db_url or settings.default_db_url()
     database = safe_url(db_url)
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, option=_db_url_option(args))
     try:
         if args.list:
             runs = run_history(engine, args.last)
@@ -1036,8 +1209,14 @@ def format_runs(runs: list[dict[str, Any]], *, database: str, as_json: bool) -> 
 
 
 def _error(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
     return code
+
+
+def _one_line(text: str) -> str:
+    """A message as one line whatever values it quotes: newlines, tabs and terminal control
+    characters (from a key, a path, a spec) are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1045,7 +1224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except UsageError as exc:
+    except (UsageError, SpecError) as exc:
         return _error(str(exc), EXIT_USAGE)
     except IntegrityError as exc:
         return _error(str(exc), EXIT_ERROR)

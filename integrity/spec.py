@@ -36,11 +36,53 @@ def _identifier(value: str) -> str:
     return value
 
 
-def _template_fields(template: str) -> set[str]:
+def _template_fields(template: str) -> list[str]:
+    """The fields of a prefix template, in order; only plain, distinct `{name}` fields pass.
+
+    The template is both formatted (str.format) and matched (template_regex), so anything the
+    two would read differently is refused: conversions ('{tenant!r}'), format specs
+    ('{tenant:>10}'), positional fields ('{0}', '{}'), attributes and indexes ('{tenant.x}'),
+    escaped braces, a field used twice, two fields with nothing between them, and key
+    segments that are empty, '.' or '..'.
+    """
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"{template!r} is not a valid template: {exc}") from None
+        raise ValueError(f"{template!r} is not a valid template ({exc})") from None
+    fields: list[str] = []
+    previous_literal = True
+    for literal, name, format_spec, conversion in parsed:
+        if "{" in literal or "}" in literal:
+            raise ValueError(f"{template!r}: braces ('{{{{', '}}}}') are not allowed in a prefix")
+        if literal:
+            previous_literal = True
+        if name is None:
+            continue
+        if not name or name.isdigit():
+            raise ValueError(
+                f"{template!r}: positional fields ('{{}}', '{{0}}') are not allowed; name the "
+                "field, e.g. {tenant}"
+            )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{template!r}: {{{name}}} is not a plain field name")
+        if conversion is not None or format_spec or f"{{{name}}}" not in template:
+            raise ValueError(
+                f"{template!r}: conversions and format specs are not allowed; write {{{name}}}"
+            )
+        if name in fields:
+            raise ValueError(f"{template!r}: {{{name}}} appears more than once")
+        if not previous_literal:
+            raise ValueError(
+                f"{template!r}: {{{fields[-1]}}} and {{{name}}} need text between them"
+            )
+        fields.append(name)
+        previous_literal = False
+    segments = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*\}", "x", template).split("/")[:-1]
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(
+            f"{template!r}: a key prefix has no leading '/', no '//' and no '.' or '..' segments"
+        )
+    return fields
 
 
 def template_regex(template: str, tail: str = "") -> str:
@@ -107,7 +149,7 @@ class UploadsSpec(_Model):
     @classmethod
     def _prefix(cls, v: str) -> str:
         fields = _template_fields(v)
-        if fields != {"tenant"} or not v.endswith("/") or not v.startswith(v.split("{", 1)[0]):
+        if fields != ["tenant"] or not v.endswith("/"):
             raise ValueError(
                 "must be a prefix template ending in '/' with exactly one field, {tenant}"
             )
@@ -177,7 +219,7 @@ class PlansSpec(_Model):
     @field_validator("sheets_prefix")
     @classmethod
     def _sheets_prefix(cls, v: str) -> str:
-        fields = _template_fields(v)
+        fields = set(_template_fields(v))
         if (
             not {"tenant", "plan"} <= fields
             or not fields <= {"tenant", "project", "plan"}
@@ -186,6 +228,17 @@ class PlansSpec(_Model):
             raise ValueError(
                 "must be a prefix template ending in '/' with the fields {tenant} and {plan} (and optionally {project})"
             )
+        head, _, rest = v.partition("{tenant}")
+        if "{" in head or not rest.startswith("/"):
+            # A tenant's prefix is the template cut right after '{tenant}/' (tenant_prefixes).
+            raise ValueError(f"{v!r}: {{tenant}} must be the first field and end a segment")
+        return v
+
+    @field_validator("descriptor_suffix")
+    @classmethod
+    def _descriptor_suffix(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty (every key would count as a page): e.g. '.dzi'")
         return v
 
 
@@ -309,11 +362,9 @@ class FreshnessCheckSpec(_Model):
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise ValueError(f"must be a duration like '26h', not {v!r}")
         try:
-            delta = parse_duration(str(v))
-        except UsageError:
-            raise ValueError(
-                f"{str(v)!r} is not a duration (use seconds or a number with a unit: 90m, 26h, 2d)"
-            ) from None
+            delta = parse_duration(str(v), option="max_age")
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("max_age: ")) from None
         if delta.total_seconds() <= 0:
             raise ValueError(f"must be longer than zero, not {v!r}")
         return str(v)
@@ -439,6 +490,45 @@ def parse_spec(data: object, source: str = "spec") -> ReconciliationSpec:
         raise SpecError(_format_validation_error(source, exc)) from None
 
 
+# A spec is a few levels deep; the limit stops a hostile or broken file while it is composed,
+# long before the parser's or the validator's recursion could run out of stack.
+MAX_SPEC_DEPTH = 32
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit and no silently repeated keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self._depth >= MAX_SPEC_DEPTH:
+            raise _TooDeep(problem="too deep", problem_mark=self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"the key {key_node.value!r} appears twice in one mapping",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path | None) -> ReconciliationSpec:
     """Load and validate a spec file (YAML or JSON); None gives the reference schema's spec."""
     if path is None:
@@ -448,12 +538,22 @@ def load_spec(path: str | Path | None) -> ReconciliationSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: the spec file is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader)
+    except _TooDeep as exc:
+        raise SpecError(
+            f"{path}: nested more than {MAX_SPEC_DEPTH} levels deep at line "
+            f"{exc.problem_mark.line + 1} (a spec needs a handful)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}: not valid YAML or JSON{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise SpecError(
+            f"{path}: not valid YAML or JSON{where}" + (f": {problem}" if problem else "")
+        ) from None
     return parse_spec(data, str(path))
 
 

@@ -175,6 +175,10 @@ def test_parse_duration() -> None:
     for bad in ("", "h", "1x", "-5", "1h 30m", "1.5.2s"):
         with pytest.raises(UsageError, match="--min-age"):
             parse_duration(bad, option="--min-age")
+    assert parse_duration("36500d") == timedelta(days=36500)
+    for too_long in ("36501d", "99999999999d", "9" * 400, "5300w"):
+        with pytest.raises(UsageError, match=r"--min-age: '.*' is too long \(at most 36500d\)"):
+            parse_duration(too_long, option="--min-age")
     assert format_duration(timedelta(minutes=90)) == "1h30m"
     assert format_duration(timedelta(0)) == "0s"
 
@@ -246,8 +250,8 @@ def _bad_spec(tmp_path: Path) -> Path:
         (
             "missing storage dir",
             ["reconcile", "--storage-dir", "{tmp}/nowhere"],
-            1,
-            "nowhere does not exist",
+            2,
+            "--storage-dir: {tmp}/nowhere does not exist",
         ),
         (
             "bucket and dir",
@@ -255,11 +259,11 @@ def _bad_spec(tmp_path: Path) -> Path:
             2,
             "mutually exclusive",
         ),
-        ("bad spec", ["reconcile", "--spec", "{spec}"], 1, "tables.documents.tenant"),
+        ("bad spec", ["reconcile", "--spec", "{spec}"], 2, "tables.documents.tenant"),
         (
             "missing spec",
             ["reconcile", "--spec", "{tmp}/nope.yaml"],
-            1,
+            2,
             "cannot read the spec file",
         ),
         # the suffix is refused before anything else is looked at (the storage dir is missing too)
@@ -292,7 +296,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, (case, result.stderr)
     assert lines[0].startswith("integrity"), lines
-    assert expected in lines[0], (case, lines[0])
+    assert expected.format(tmp=tmp_path) in lines[0], (case, lines[0])
     assert "hunter2" not in result.stderr + result.stdout
     assert not (tmp_path / "r.txt").exists()
 

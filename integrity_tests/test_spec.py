@@ -82,6 +82,22 @@ def test_dumped_spec_loads_back_identical(tmp_path) -> None:
             {"tables": {}, "uploads": {"prefix": "documents/"}},
             r"uploads\.prefix: must be a prefix template",
         ),
+        (
+            {"tables": {}, "uploads": {"prefix": "documents/{tenant}/{tenant}/"}},
+            r"uploads\.prefix: 'documents/\{tenant\}/\{tenant\}/': \{tenant\} appears more than once",
+        ),
+        (
+            {"tables": {}, "uploads": {"prefix": "documents/{tenant!r}/"}},
+            r"uploads\.prefix: .*conversions and format specs are not allowed; write \{tenant\}",
+        ),
+        (
+            {"tables": {}, "uploads": None, "plans": {"sheets_prefix": "p/{plan}/o/{tenant}/"}},
+            r"plans\.sheets_prefix: .*\{tenant\} must be the first field",
+        ),
+        (
+            {"tables": {}, "uploads": None, "checks": {"freshness": {"max_age": "99999999999d"}}},
+            r"checks\.freshness\.max_age: '99999999999d' is too long \(at most 36500d\)",
+        ),
         ({"tables": {}, "uploads": None, "version": 2}, r"version"),
         (["not", "a", "mapping"], r"must be a mapping"),
     ],
@@ -98,3 +114,54 @@ def test_unreadable_and_malformed_files_are_one_line(tmp_path) -> None:
     bad.write_text("tables: {images: [unclosed\n")
     with pytest.raises(SpecError, match=r"not valid YAML or JSON at line \d"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "sheets_prefix"),
+    [
+        ("uploads/t-{tenant}/", "orgs/{tenant}/plans/{plan}/sheets/"),
+        ("{tenant}/", "orgs/x-{tenant}/p/{project}/{plan}-tiles/"),
+    ],
+)
+def test_plain_templates_still_pass(prefix: str, sheets_prefix: str) -> None:
+    spec = parse_spec(
+        {"tables": {}, "uploads": None, "plans": {"sheets_prefix": sheets_prefix}}, "spec.yaml"
+    )
+    assert spec.plans is not None and spec.plans.sheets_prefix == sheets_prefix
+    data = {
+        "tables": {"documents": default_spec().tables["documents"].model_dump()},
+        "uploads": {"prefix": prefix},
+    }
+    assert prefix.format(tenant="org-1") in parse_spec(data, "spec.yaml").tenant_prefixes("org-1")
+
+
+def test_deep_repeated_and_undecodable_files_are_one_line(tmp_path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("tables: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SpecError, match=r"deep\.yaml: nested more than 32 levels deep at line 1"):
+        load_spec(deep)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("tables: {}\nuploads: null\ntables: {}\n")
+    with pytest.raises(SpecError, match=r"at line 3: the key 'tables' appears twice"):
+        load_spec(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"tables: {}\n# caf\xe9\n")
+    with pytest.raises(SpecError, match="not UTF-8 text"):
+        load_spec(latin)
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path) -> None:
+    """A key given again next to a YAML merge ('<<') overrides on purpose: not a repeated key."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "tables:\n"
+        "  documents: &doc {table: documents, tenant: organization_id, references: [{column: r2_key}]}\n"
+        "  images: {<<: *doc, table: images, tenant: project_id}\n",
+        encoding="utf-8",
+    )
+    images = load_spec(path).tables["images"]
+    assert (images.table, images.tenant, images.references[0].column) == (
+        "images",
+        "project_id",
+        "r2_key",
+    )
