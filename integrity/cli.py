@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -89,10 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--endpoint-url",
         metavar="URL",
-        help=f"S3 endpoint for MinIO, R2, ... (env {settings.ENV_ENDPOINT_URL})",
+        help=f"S3 endpoint for MinIO, R2, ... (env {settings.ENV_ENDPOINT_URL}_S3, else "
+        f"{settings.ENV_ENDPOINT_URL}); never used for the queue",
     )
     where.add_argument(
-        "--region", metavar="REGION", help="S3 region (default: the AWS configuration)"
+        "--region",
+        metavar="REGION",
+        help="S3 region, 'auto' for R2 (default: AWS_REGION, else the AWS configuration)",
     )
     where.add_argument(
         "--storage-dir",
@@ -324,16 +326,10 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def make_s3_store(bucket: str, endpoint_url: str | None, region: str | None) -> ObjectStore:
-    """An S3Storage whose client comes from dagster-aws's S3Resource (standard credentials)."""
-    # S3-compatible stores (MinIO, R2) reject the newer default checksums.
-    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-    from dagster_aws.s3 import S3Resource
+    """An S3Storage on the storage client the Dagster resources use too (standard credentials)."""
+    from integrity.storage.s3 import S3Storage, s3_client
 
-    from integrity.storage.s3 import S3Storage
-
-    client = S3Resource(endpoint_url=endpoint_url, region_name=region).get_client()
-    return S3Storage(client, bucket)
+    return S3Storage(s3_client(endpoint_url, region), bucket)
 
 
 def resolve_store(args: argparse.Namespace) -> ObjectStore:
@@ -344,9 +340,8 @@ def resolve_store(args: argparse.Namespace) -> ObjectStore:
         raise UsageError("--bucket and --storage-dir are mutually exclusive: choose one storage")
     bucket = args.bucket or (None if args.storage_dir else _env(settings.ENV_BUCKET))
     if bucket:
-        return make_s3_store(
-            bucket, args.endpoint_url or _env(settings.ENV_ENDPOINT_URL), args.region
-        )
+        # Without --endpoint-url, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL apply (boto3's order).
+        return make_s3_store(bucket, args.endpoint_url, args.region)
     if args.endpoint_url or args.region:
         raise UsageError("--endpoint-url and --region need --bucket")
     return LocalStorage(args.storage_dir or settings.default_storage_dir())
@@ -511,31 +506,21 @@ def require_writes(command: str) -> None:
 
 def queue_location(url: str) -> tuple[str, str | None]:
     """The endpoint a queue URL names (AWS, or moto/ElasticMQ/LocalStack) and its AWS region."""
-    from urllib.parse import urlsplit
+    from integrity.errors import QueueError
+    from integrity.remediation.queue import queue_location as location
 
-    parts = urlsplit(url)
-    path = parts.path.strip("/")
-    if parts.scheme not in ("http", "https") or not parts.hostname or path.count("/") != 1:
-        raise UsageError(
-            f"--queue-url: {url!r} is not an SQS queue URL "
-            "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
-        )
-    aws = re.fullmatch(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", parts.hostname)
-    return f"{parts.scheme}://{parts.netloc}", aws.group(1) if aws else None
+    try:
+        return location(url)
+    except QueueError as exc:
+        raise UsageError(f"--queue-url: {exc}") from None
 
 
 def make_work_queue(queue_url: str | None) -> Any:
-    """SQS at the queue URL's own endpoint (region from the URL or the AWS chain), else the table."""
+    """SQS (on the queue client the Dagster paths use too) when a queue URL is given, else the
+    table; --endpoint-url is the bucket's and never applies to the queue."""
     from integrity.remediation.queue import make_queue
 
-    if not queue_url:
-        return make_queue(None)
-    endpoint, region = queue_location(queue_url)
-    if region is None:
-        import boto3
-
-        region = boto3.session.Session().region_name or "us-east-1"
-    return make_queue(queue_url, endpoint_url=endpoint, region=region)
+    return make_queue(queue_url)
 
 
 def preview(report: ReconciliationReport, options: Any) -> Remediation:
