@@ -11,6 +11,7 @@ are built from these; credentials always come from the standard AWS chain, never
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"
@@ -18,18 +19,38 @@ ENV_REGION = "AWS_REGION"
 ENV_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 
 
+_LOCK = threading.Lock()
+_LOADER: list[Any] = []  # one data loader for the process: it only caches botocore's data files
+
+
 def botocore_session() -> Any:
-    """A fresh botocore session (one per client: sessions are not shared across threads)."""
+    """A fresh botocore session (one per client: sessions are not shared across threads).
+
+    Sessions share one data loader, so a client does not parse the service model and the
+    endpoint rules again (that parse is most of a new client's cost).
+    """
+    import botocore.loaders
     import botocore.session
 
-    return botocore.session.Session()
+    core = botocore.session.Session()
+    with _LOCK:
+        if not _LOADER:  # AWS_DATA_PATH as the process found it, as botocore's own would
+            _LOADER.append(botocore.loaders.create_loader(core.get_config_variable("data_path")))
+        loader = _LOADER[0]
+    core.register_component("data_loader", loader)
+    return core
 
 
 def client(service: str, core: Any, **kwargs: Any) -> Any:
     """A boto3 client on this botocore session (credentials: the standard AWS chain)."""
     import boto3
 
-    return boto3.session.Session(botocore_session=core).client(service, **kwargs)
+    with _LOCK:
+        boto_session = boto3.session.Session(botocore_session=core)
+        # boto3 adds its data path to the loader's search paths on every session: keep one.
+        paths = core.get_component("data_loader").search_paths
+        paths[:] = list(dict.fromkeys(paths))
+    return boto_session.client(service, **kwargs)
 
 
 def region(core: Any | None = None) -> str | None:
