@@ -7,7 +7,7 @@ never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --ap
 nothing changed), 2 usage error, 1 any other error (remediation refused by the missing opt-in
 or the circuit breaker, among others). A run that finishes ends with one structured JSON log
 line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
-Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
+Heavy imports (pandas, SQLAlchemy, boto3) happen inside the commands so `--help` is fast.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Resources: where the bucket, the database and the spec are, chosen by the environment.
 
 With no environment the embedded defaults apply (the demo's SQLite file and storage directory
-under `.integrity/`); INTEGRITY_BUCKET switches storage to S3 through dagster-aws's S3Resource,
+under `.integrity/`); INTEGRITY_BUCKET switches storage to an S3-compatible bucket,
 INTEGRITY_DB_URL picks another database, INTEGRITY_SPEC another spec and INTEGRITY_QUEUE_URL
 an SQS queue for remediation's re-queues (else a table in the database). Nothing here touches
 the network when the definitions load: stores and engines are made when a step or tick asks.
