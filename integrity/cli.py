@@ -8,7 +8,7 @@ nothing changed), 2 usage error (a bad flag, environment value or spec), 1 any o
 (remediation refused by the missing opt-in or the circuit breaker, among others). A run that
 finishes ends with one structured JSON log line on stderr ("msg": "reconcile: completed" or
 "rollback: completed") carrying its counts.
-Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
+Heavy imports (pandas, SQLAlchemy, boto3) happen inside the commands so `--help` is fast.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from urllib.parse import urlsplit
 
 from integrity import settings
 from integrity.durations import format_duration, parse_duration
@@ -113,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint-url",
         metavar="URL",
         type=_text,
-        help=f"S3 endpoint for MinIO, R2, ... (env {settings.ENV_ENDPOINT_URL})",
+        help=f"S3 endpoint for MinIO, R2, ... (env {settings.ENV_ENDPOINT_URL}_S3, else "
+        f"{settings.ENV_ENDPOINT_URL}); never used for the queue",
     )
     where.add_argument(
-        "--region", metavar="REGION", type=_text, help="S3 region (default: the AWS configuration)"
+        "--region",
+        metavar="REGION",
+        type=_text,
+        help="S3 region, 'auto' for R2 (default: AWS_REGION, else the AWS configuration)",
     )
     where.add_argument(
         "--storage-dir",
@@ -400,16 +405,10 @@ def make_engine(url: str, *, option: str = "--db-url") -> sa.Engine:
 
 
 def make_s3_store(bucket: str, endpoint_url: str | None, region: str | None) -> ObjectStore:
-    """An S3Storage whose client comes from dagster-aws's S3Resource (standard credentials)."""
-    # S3-compatible stores (MinIO, R2) reject the newer default checksums.
-    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-    from dagster_aws.s3 import S3Resource
+    """An S3Storage on the storage client the Dagster resources use too (standard credentials)."""
+    from integrity.storage.s3 import S3Storage, s3_client
 
-    from integrity.storage.s3 import S3Storage
-
-    client = S3Resource(endpoint_url=endpoint_url, region_name=region).get_client()
-    return S3Storage(client, bucket)
+    return S3Storage(s3_client(endpoint_url, region), bucket)
 
 
 def resolve_store(args: argparse.Namespace) -> ObjectStore:
@@ -421,14 +420,17 @@ def resolve_store(args: argparse.Namespace) -> ObjectStore:
     bucket = args.bucket or (None if args.storage_dir else _env(settings.ENV_BUCKET))
     if bucket:
         check_bucket_name(bucket, "--bucket" if args.bucket else settings.ENV_BUCKET)
-        endpoint_url = args.endpoint_url or _env(settings.ENV_ENDPOINT_URL)
-        if endpoint_url:
-            check_endpoint_url(
-                endpoint_url, "--endpoint-url" if args.endpoint_url else settings.ENV_ENDPOINT_URL
-            )
+        if args.endpoint_url:
+            check_endpoint_url(args.endpoint_url, "--endpoint-url")
+        else:
+            for name in (f"{settings.ENV_ENDPOINT_URL}_S3", settings.ENV_ENDPOINT_URL):
+                if _env(name):
+                    check_endpoint_url(_env(name), name)
+                    break
         if args.region:
             check_region(args.region, "--region")
-        return make_s3_store(bucket, endpoint_url, args.region)
+        # Without --endpoint-url, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL apply (boto3's order).
+        return make_s3_store(bucket, args.endpoint_url, args.region)
     if args.endpoint_url or args.region:
         raise UsageError("--endpoint-url and --region need --bucket")
     if args.storage_dir or _env(settings.ENV_STORAGE_DIR):
@@ -666,7 +668,8 @@ def require_writes(command: str) -> None:
 
 def queue_location(url: str, option: str = "--queue-url") -> tuple[str, str | None]:
     """The endpoint a queue URL names (AWS, or moto/ElasticMQ/LocalStack) and its AWS region."""
-    from urllib.parse import urlsplit
+    from integrity.errors import QueueError
+    from integrity.remediation.queue import queue_location as location
 
     try:
         parts = urlsplit(url)
@@ -684,22 +687,18 @@ def queue_location(url: str, option: str = "--queue-url") -> tuple[str, str | No
             f"{option}: {_shown(_without_userinfo(url))} is not an SQS queue URL "
             "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
         )
-    aws = re.fullmatch(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", parts.hostname)
-    return f"{parts.scheme}://{parts.netloc}", aws.group(1) if aws else None
+    try:
+        return location(url)
+    except QueueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def make_work_queue(queue_url: str | None) -> Any:
-    """SQS at the queue URL's own endpoint (region from the URL or the AWS chain), else the table."""
+    """SQS (on the queue client the Dagster paths use too) when a queue URL is given, else the
+    table; --endpoint-url is the bucket's and never applies to the queue."""
     from integrity.remediation.queue import make_queue
 
-    if not queue_url:
-        return make_queue(None)
-    endpoint, region = queue_location(queue_url)
-    if region is None:
-        import boto3
-
-        region = boto3.session.Session().region_name or "us-east-1"
-    return make_queue(queue_url, endpoint_url=endpoint, region=region)
+    return make_queue(queue_url)
 
 
 def preview(report: ReconciliationReport, options: Any) -> Remediation:

@@ -45,7 +45,7 @@ from integrity.events import (
     unique_by_run_key,
 )
 from integrity.inventory import db_error_reason, minimal_prefixes
-from integrity.remediation.queue import mark_taken, peek_pending, sqs_client
+from integrity.remediation.queue import mark_taken, peek_pending
 
 NEW_OBJECT_SENSOR = "new_object_sensor"
 NOTIFICATION_SENSOR = "bucket_notification_sensor"
@@ -227,7 +227,7 @@ def bucket_notification_sensor(
             "come from"
         )
     try:
-        client = sqs_client(queue.endpoint_url, queue.region, conf.events_queue_url)
+        client = queue.sqs_client(conf.events_queue_url)
     except QueueError as exc:
         return dg.SkipReason(str(exc))
     inbox = SqsInbox(client, conf.events_queue_url, visibility_timeout=conf.visibility_timeout)
@@ -392,7 +392,7 @@ def _drain_requeue_queue(
 
     Adds to `requests` and `next_cursor`; returns the parts of the tick's log line.
     """
-    client = sqs_client(queue.endpoint_url, queue.region, queue.queue_url)
+    client = queue.sqs_client()
     inbox = SqsInbox(client, queue.queue_url or "", visibility_timeout=conf.visibility_timeout)
     next_cursor.delete.extend(_drain(context, inbox, cursor.delete).retry)
     messages = inbox.receive(

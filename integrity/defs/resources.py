@@ -1,10 +1,15 @@
 """Resources: where the bucket, the database and the spec are, chosen by the environment.
 
 With no environment the embedded defaults apply (the demo's SQLite file and storage directory
-under `.integrity/`); INTEGRITY_BUCKET switches storage to S3 through dagster-aws's S3Resource,
+under `.integrity/`); INTEGRITY_BUCKET switches storage to an S3-compatible bucket,
 INTEGRITY_DB_URL picks another database, INTEGRITY_SPEC another spec and INTEGRITY_QUEUE_URL
 an SQS queue for remediation's re-queues (else a table in the database). Nothing here touches
 the network when the definitions load: stores and engines are made when a step or tick asks.
+
+The storage and queue clients come from the pure core (integrity.storage.s3.s3_client and
+integrity.remediation.queue.sqs_client), the same builders the CLI uses, so endpoints and
+regions follow boto3's convention there: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for the bucket,
+AWS_ENDPOINT_URL_SQS or else the queue URL's own server for the queue.
 """
 
 from __future__ import annotations
@@ -13,20 +18,21 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from integrity import settings
 from integrity.database import database_url
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
-from integrity.remediation.queue import WorkQueue, make_queue
+from integrity.remediation.queue import WorkQueue, make_queue, sqs_client
 from integrity.spec import ReconciliationSpec, load_spec
 from integrity.storage import LocalStorage, S3Storage
 from integrity.storage.base import ObjectStore
+from integrity.storage.s3 import s3_client
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -40,10 +46,13 @@ class StorageResource(dg.ConfigurableResource):
         default=None, description="S3 bucket name; unset means the local storage directory."
     )
     endpoint_url: str | None = Field(
-        default=None, description="S3-compatible endpoint (MinIO, R2); unset means AWS S3."
+        default=None,
+        description="S3-compatible endpoint (MinIO, R2); unset means AWS_ENDPOINT_URL_S3, "
+        "else AWS_ENDPOINT_URL, else AWS S3. Never used for a queue.",
     )
     region_name: str | None = Field(
-        default=None, description="Region ('auto' for R2); unset means the AWS default chain."
+        default=None,
+        description="Region ('auto' for R2); unset means AWS_REGION, else the AWS default chain.",
     )
     max_attempts: int = Field(default=5, description="boto3 attempts per request.")
     listing_attempts: int = Field(
@@ -58,11 +67,7 @@ class StorageResource(dg.ConfigurableResource):
 
     def get_store(self) -> ObjectStore:
         if self.bucket:
-            client = S3Resource(
-                endpoint_url=self.endpoint_url,
-                region_name=self.region_name,
-                max_attempts=self.max_attempts,
-            ).get_client()
+            client = s3_client(self.endpoint_url, self.region_name, max_attempts=self.max_attempts)
             return S3Storage(client, self.bucket, attempts=self.listing_attempts)
         root = Path(self.storage_dir) if self.storage_dir else settings.default_storage_dir()
         return LocalStorage(root)
@@ -139,11 +144,19 @@ class QueueResource(dg.ConfigurableResource):
         default=None, description="SQS queue URL; unset means the integrity_queue table."
     )
     endpoint_url: str | None = Field(
-        default=None, description="SQS-compatible endpoint; unset means AWS."
+        default=None,
+        description="SQS-compatible endpoint; unset means AWS_ENDPOINT_URL_SQS, else the queue "
+        "URL's own server (AWS_ENDPOINT_URL is the bucket's and never applies).",
     )
     region: str | None = Field(
-        default=None, description="Region; unset means the AWS default chain."
+        default=None,
+        description="Region; unset means the one an AWS queue URL names, else AWS_REGION.",
     )
+
+    def sqs_client(self, queue_url: str | None = None) -> Any:
+        """The SQS client for a queue URL (default: `queue_url`), as every Dagster path makes it:
+        remediation's outbox, requeue_sensor and bucket_notification_sensor. Sends nothing."""
+        return sqs_client(self.endpoint_url, self.region, queue_url or self.queue_url)
 
     def get_queue(self) -> WorkQueue:
         """The queue; builds a client but sends nothing (remediation checks access itself)."""
@@ -159,19 +172,15 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The resources as the environment describes them; no I/O happens here."""
     from integrity.defs.alerts import alerts_resource_from_env  # imports the jobs, which import us
 
+    # Endpoints and regions are left to the client builders, which the CLI shares: an explicit
+    # endpoint here would hide AWS_ENDPOINT_URL_S3, and the bucket's would reach the queue.
     return {
         "storage": StorageResource(
             bucket=_from_env(settings.ENV_BUCKET),
-            endpoint_url=_from_env(settings.ENV_ENDPOINT_URL),
-            region_name=_from_env("AWS_REGION") or _from_env("AWS_DEFAULT_REGION"),
             storage_dir=_from_env(settings.ENV_STORAGE_DIR),
         ),
         "database": DatabaseResource(url=_from_env(settings.ENV_DB_URL)),
         "spec": SpecResource(path=_from_env(settings.ENV_SPEC)),
-        "queue": QueueResource(
-            queue_url=_from_env(settings.ENV_QUEUE_URL),
-            endpoint_url=_from_env(settings.ENV_ENDPOINT_URL),
-            region=_from_env("AWS_REGION") or _from_env("AWS_DEFAULT_REGION"),
-        ),
+        "queue": QueueResource(queue_url=_from_env(settings.ENV_QUEUE_URL)),
         "alerts": alerts_resource_from_env(),
     }

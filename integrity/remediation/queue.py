@@ -11,10 +11,12 @@ commit and send leaves them pending, and the next run sends them. An object alre
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -295,32 +297,57 @@ class SqsQueue(TableQueue):
         return sent
 
 
-def _region_of(queue_url: str | None) -> str | None:
-    """The region an AWS queue URL names (https://sqs.<region>.amazonaws.com/...), if any."""
-    host = (queue_url or "").split("://", 1)[-1].split("/", 1)[0]
-    parts = host.split(".")
-    if len(parts) >= 4 and parts[0] == "sqs" and parts[2] == "amazonaws":
-        return parts[1]
-    return None
+QUEUE_URL_FORM = "https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+_AWS_QUEUE_HOST = re.compile(r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
+
+
+def queue_location(queue_url: str) -> tuple[str, str | None]:
+    """The endpoint a queue URL names (scheme, host and port) and, for AWS, its region.
+
+    An AWS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>) gives its region;
+    another one (moto, ElasticMQ, LocalStack) gives its server and no region. Raises QueueError
+    (one line) for anything that is not a queue URL.
+    """
+    parts = urlsplit(queue_url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host or parts.path.strip("/").count("/") != 1:
+        raise QueueError(f"{queue_url!r} is not an SQS queue URL ({QUEUE_URL_FORM})")
+    aws = _AWS_QUEUE_HOST.fullmatch(host)
+    server = parts.netloc.rsplit("@", 1)[-1]  # never a user or password
+    return f"{parts.scheme}://{server}", aws.group(1) if aws else None
 
 
 def sqs_client(
     endpoint_url: str | None = None, region: str | None = None, queue_url: str | None = None
 ) -> Any:
-    """A boto3 SQS client; credentials come from the standard AWS chain, never from here.
+    """The queue client: the one place the CLI and the Dagster paths get it from.
 
-    Without a region, the one an AWS queue URL names is used. Raises QueueError (one line).
+    The endpoint is `endpoint_url` when given, else the SQS endpoint boto3's convention names
+    (AWS_ENDPOINT_URL_SQS, or `sqs` in the config file's `services` section), else the queue
+    URL's own server. The global AWS_ENDPOINT_URL and an explicit storage endpoint (R2, MinIO)
+    are the bucket's and never apply here. The region is `region` when given, else the one an
+    AWS queue URL names, else AWS_REGION / AWS_DEFAULT_REGION / the profile's, else us-east-1
+    (what an SQS-compatible server accepts). Credentials come from the standard AWS chain.
+    Raises QueueError (one line); sends nothing.
     """
-    import boto3
+    from integrity import aws
 
     try:
-        return boto3.client(
-            "sqs", endpoint_url=endpoint_url, region_name=region or _region_of(queue_url)
-        )
+        server, url_region = queue_location(queue_url) if queue_url else (None, None)
+        core = aws.botocore_session()
+        endpoint = endpoint_url or aws.service_endpoint("sqs", core) or server
+        region = region or url_region or aws.region(core) or "us-east-1"
+        return aws.client("sqs", core, endpoint_url=endpoint, region_name=region)
+    except QueueError:
+        raise
     except Exception as exc:
         raise QueueError(
-            f"cannot make an SQS client ({type(exc).__name__}): set AWS_REGION, and "
-            "AWS_ENDPOINT_URL for an SQS-compatible server"
+            f"cannot make an SQS client ({type(exc).__name__}): check AWS_REGION, "
+            "AWS_ENDPOINT_URL_SQS and the queue URL"
         ) from None
 
 

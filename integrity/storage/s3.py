@@ -1,11 +1,12 @@
 """An S3-compatible bucket (AWS S3, MinIO, Cloudflare R2) through a boto3 client.
 
-The client comes from dagster-aws's S3Resource (see integrity.defs.resources and the CLI), so
-credentials follow the standard AWS chain and never pass through this module's messages.
+The client comes from `s3_client`, for the CLI and the Dagster resources alike, so credentials
+follow the standard AWS chain and never pass through this module's messages.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,43 @@ _RETRYABLE_CODES = {
     "InternalError",
     "ServiceUnavailable",
 }
+
+
+_CHECKSUM_SETTINGS = {
+    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
+}
+
+
+def s3_client(
+    endpoint_url: str | None = None, region: str | None = None, *, max_attempts: int = 5
+) -> Any:
+    """The storage client: the one place the CLI and the Dagster resources get it from.
+
+    An explicit `endpoint_url` (--endpoint-url, StorageResource.endpoint_url) wins; else boto3's
+    convention applies: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then the AWS config file.
+    The region is explicit, else AWS_REGION, AWS_DEFAULT_REGION or the profile's ('auto' for R2).
+    Checksums are sent only when required (S3-compatible stores reject the newer defaults)
+    unless the environment or the profile says otherwise. Sends nothing.
+    """
+    from botocore.config import Config
+
+    from integrity import aws
+
+    core = aws.botocore_session()
+    scoped = core.get_scoped_config()
+    checksums = {
+        name: os.environ.get(variable) or scoped.get(name) or "when_required"
+        for name, variable in _CHECKSUM_SETTINGS.items()
+    }
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, **checksums)
+    return aws.client(
+        "s3",
+        core,
+        endpoint_url=endpoint_url or None,
+        region_name=region or aws.region(core),
+        config=config,
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:
