@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.diff import ReconciliationReport
-from integrity.errors import QueueError, RemediationRefused, SpecError
+from integrity.errors import DatabaseError, QueueError, RemediationRefused, SpecError
 from integrity.inventory import list_storage
 from integrity.remediation import (
     RemediationOptions,
@@ -41,6 +41,7 @@ from integrity.remediation.ledger import (
     RUNS_TABLE,
     audit,
     fail_interrupted_runs,
+    lease_seconds,
     queue,
     remediation_runs,
 )
@@ -626,6 +627,62 @@ def test_a_killed_run_reads_as_interrupted_once_its_lease_runs_out_and_rolls_bac
     assert snapshot(engine) == original
     [run] = ledger_rows(engine, remediation_runs, run_id=undone.run_id)
     assert run["state"] == "completed"
+
+
+def test_a_run_recorded_as_failed_while_alive_stops_before_its_next_batch(world: World) -> None:
+    """Another run judged this one dead (an overlong stall, say) and recorded it as failed: its
+    next batch writes nothing, the run stops with one line naming that run, and the record
+    stays failed (a rollback of what it did cannot miss a later batch)."""
+    engine = world.engine
+    _insert_documents(world, [(f"r{n}", f"documents/org-1/gone-{n}.pdf") for n in range(3)])
+    run_id = "stalled-" + uuid.uuid4().hex[:8]
+
+    def recorded_elsewhere(number: int, total: int) -> None:
+        if number == 1:  # as fail_interrupted_runs does, on a run it judged expired
+            with engine.begin() as conn:
+                conn.execute(
+                    remediation_runs.update()
+                    .where(remediation_runs.c.run_id == run_id)
+                    .values(state="failed", failed_by="the-other-run")
+                )
+
+    with pytest.raises(DatabaseError) as raised:
+        apply(
+            world,
+            world.reconcile(),
+            force=True,
+            batch_size=1,
+            run_id=run_id,
+            on_batch=recorded_elsewhere,
+        )
+    assert str(raised.value) == (
+        f"run {run_id} was recorded as interrupted by run the-other-run because its lease ran "
+        "out (no sign of life for longer than the lease); it stops here, and its earlier "
+        "batches stay applied"
+    )
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert (run["state"], run["failed_by"], run["batches"]) == ("failed", "the-other-run", 1)
+    assert len(ledger_rows(engine, audit, run_id=run_id)) == 1
+    statuses = [r["status"] for r in rows(engine, schema.documents).values()]
+    assert sorted(statuses) == ["complete", "complete", "error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 180.0), ("", 180.0), ("2.5", 2.5), (" 60 ", 60.0)]
+)
+def test_the_lease_length_comes_from_the_environment(value: str | None, seconds: float) -> None:
+    environ = {} if value is None else {settings.ENV_RUN_LEASE: value}
+    assert lease_seconds(environ) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf", "100000"])
+def test_a_bad_lease_length_is_one_line_naming_the_variable(value: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        lease_seconds({settings.ENV_RUN_LEASE: value})
+    assert str(raised.value) == (
+        "INTEGRITY_RUN_LEASE_SECONDS: must be a number of seconds above 0 and at most 86,400, "
+        f"not {value!r}"
+    )
 
 
 # ------------------------------------------------------------------ 6. rollback
