@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -604,6 +604,8 @@ class Remediation:
     planned: dict[str, int] | None = None  # findings per action a dry run would hand to --apply
     refused: str | None = None  # why --apply is (or would be) refused
     queue: str | None = None  # where re-queued objects go
+    # earlier runs found interrupted (their lease ran out) and recorded as failed by --apply
+    interrupted: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
@@ -747,10 +749,14 @@ def apply_remediation(
     *,
     progress: bool = False,
 ) -> Remediation:
-    """Run the core's remediation; a refusal is returned (the caller prints it), failures raise."""
+    """Run the core's remediation; a refusal is returned (the caller prints it), failures raise.
+
+    Runs whose process died (their lease ran out) are recorded as failed first, and named."""
     from integrity.remediation import remediate
+    from integrity.remediation.ledger import fail_interrupted_runs
 
     run_id = uuid.uuid4().hex
+    interrupted = fail_interrupted_runs(engine, by=run_id)
     display = _BatchProgress(sys.stderr if progress else None)
     try:
         result = remediate(
@@ -764,7 +770,9 @@ def apply_remediation(
             on_batch=display,
         )
     except RemediationRefused as exc:
-        return Remediation(refused=_cli_wording(str(exc)), queue=work_queue.description)
+        return Remediation(
+            refused=_cli_wording(str(exc)), queue=work_queue.description, interrupted=interrupted
+        )
     except IntegrityError as exc:
         if display.applied:  # say which run to roll back what was applied
             raise type(exc)(
@@ -774,7 +782,34 @@ def apply_remediation(
         raise
     finally:
         display.close()
-    return Remediation(result=result, queue=work_queue.description)
+    return Remediation(result=result, queue=work_queue.description, interrupted=interrupted)
+
+
+def format_interrupted(runs: list[dict[str, Any]]) -> list[str]:
+    """Earlier runs whose process died, now recorded as failed, and how to undo their batches."""
+    lines = []
+    for run in runs:
+        lines += [
+            "",
+            f"interrupted run {run['run_id']} ({run['kind']}, started {_when(run['started_at'])} "
+            f"UTC, {run['batches'] or 0:,} batches applied): its process stopped without "
+            "finishing (its lease ran out); recorded as failed.",
+            f"  its batches stay applied; undo them: integrity rollback --run-id {run['run_id']}",
+        ]
+    return lines
+
+
+def interrupted_json(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run["run_id"],
+            "kind": run["kind"],
+            "started_at": _when(run["started_at"]),
+            "lease_until": _when(run["lease_until"]),
+            "batches": run["batches"],
+        }
+        for run in runs
+    ]
 
 
 def format_remediation(remediation: Remediation) -> list[str]:
@@ -782,7 +817,11 @@ def format_remediation(remediation: Remediation) -> list[str]:
     result = remediation.result
     if result is None:
         if remediation.refused:
-            return ["", f"with --apply, remediation would be refused: {remediation.refused}"]
+            return [
+                *format_interrupted(remediation.interrupted),
+                "",
+                f"with --apply, remediation would be refused: {remediation.refused}",
+            ]
         if remediation.planned is None:
             return []
         total = sum(remediation.planned.values())
@@ -798,6 +837,7 @@ def format_remediation(remediation: Remediation) -> list[str]:
     counts = result.counts
     width = max(len(k) for k in REMEDIATION_COUNTS)
     lines = [
+        *format_interrupted(remediation.interrupted),
         "",
         f"remediation applied: run {result.run_id}, {result.batches:,} batches in "
         f"{result.seconds:.2f} s, queue: {remediation.queue}",
@@ -826,10 +866,12 @@ def remediation_json(remediation: Remediation) -> dict[str, Any]:
             **result.summary(),
             "queue": remediation.queue,
             "remediation_seconds": round(result.seconds, 3),
+            "interrupted_runs": interrupted_json(remediation.interrupted),
         }
     extra: dict[str, Any] = {"skipped_changed": 0, "planned": remediation.planned}
     if remediation.refused:
         extra["apply_refused"] = remediation.refused
+        extra["interrupted_runs"] = interrupted_json(remediation.interrupted)
     return extra
 
 
@@ -1089,7 +1131,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         require_writes(f"integrity rollback --run-id {run_id} --apply")
 
     from integrity.inventory import safe_url
-    from integrity.remediation.rollback import rollback, run_history
+    from integrity.remediation.rollback import TargetStillRunning, rollback, run_history
 
     db_url = args.db_url or settings.default_db_url()
     database = safe_url(db_url)
@@ -1102,6 +1144,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 result = rollback(
                     engine, run_id, dry_run=not args.apply, batch_size=args.batch_size
                 )
+            except TargetStillRunning:
+                raise
             except RemediationRefused as exc:
                 if any(r["run_id"] == run_id for r in run_history(engine, 1000)):
                     raise RemediationRefused(
@@ -1173,8 +1217,10 @@ def format_runs(runs: list[dict[str, Any]], *, database: str, as_json: bool) -> 
                 "target_run_id": run.get("target_run_id"),
                 "scope": run.get("scope"),
                 "state": run["state"],
+                "interrupted": run.get("interrupted", False),
                 "started_at": _when(run.get("started_at")),
                 "finished_at": _when(run.get("finished_at")),
+                "lease_until": _when(run.get("lease_until")),
                 "batches": run.get("batches"),
                 "counts": counts,
             }
@@ -1189,7 +1235,14 @@ def format_runs(runs: list[dict[str, Any]], *, database: str, as_json: bool) -> 
     ]
     for row in rows:
         c = row["counts"]
-        if row["kind"] == "rollback":
+        if row["interrupted"]:
+            target = f"undoing {row['target_run_id']}" if row["kind"] == "rollback" else None
+            scope = target or ("all tenants" if row["scope"] in (None, "__all__") else row["scope"])
+            what = (
+                f"{scope}: interrupted after {row['batches'] or 0:,} batches (its process "
+                f"stopped; lease ran out {row['lease_until'] or '-'})"
+            )
+        elif row["kind"] == "rollback":
             what = f"undid {row['target_run_id']}: restored {c.get('restored', 0):,}, removed {c.get('removed', 0):,}"
         else:
             scope = "all tenants" if row["scope"] in (None, "__all__") else row["scope"]

@@ -17,6 +17,9 @@ ENV_STORAGE_DIR = "INTEGRITY_STORAGE_DIR"
 ENV_SPEC = "INTEGRITY_SPEC"
 ENV_QUEUE_URL = "INTEGRITY_QUEUE_URL"
 ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
+# How long a remediation or rollback run stays `running` in the ledger without a sign of life
+# (seconds, default 180); a run whose lease runs out was interrupted.
+ENV_RUN_LEASE = "INTEGRITY_RUN_LEASE_SECONDS"
 
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"

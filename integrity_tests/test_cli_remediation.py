@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from integrity.diff import ACTION_KINDS
 from integrity.remediation import COMPLETED_MSG
 from integrity.remediation.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE
 from integrity.storage.local import LocalStorage
+from integrity_tests.remediation_worker import wait_for_lease_to_run_out
 from integrity_tests.world import FailingListings, World
 
 REFERENCE_TABLES = ("documents", "images", "processing_jobs", "plans")
@@ -794,3 +797,213 @@ def test_apply_on_an_s3_bucket_with_an_sqs_queue(
     assert code == 0, err
     again = json.loads(out)
     assert again["updated"] == again["requeued"] == 0 and again["already_queued"] == 2
+
+
+# --------------------------------------------------------------------------- interrupted runs
+
+
+def _wait_for(condition: Any, process: subprocess.Popen[str], what: str) -> Any:
+    """Poll until condition() is truthy, while the process is still alive."""
+    deadline = time.monotonic() + 60
+    while not (value := condition()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def _runs(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, dict[str, Any]]:
+    code, out, err = run(capsys, "rollback", "--list", "--json", "--db-url", url)
+    assert code == 0, err
+    return {r["run_id"]: r for r in json.loads(out)["runs"]}
+
+
+def test_a_killed_apply_is_listed_as_interrupted_recorded_by_the_next_apply_and_rolled_back(
+    engine: sa.Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`integrity reconcile --apply` in a process of its own, one finding per batch and a pause
+    between batches, is SIGKILLed mid-apply. While it lives (the timer renews its lease during
+    the pause) it is listed as running and cannot be rolled back; once its lease has run out it
+    is listed as failed and interrupted, the next --apply names it and records it as failed, and
+    rolling it back restores exactly what its batches changed."""
+    store = LocalStorage(tmp_path / "store" / "uploads")
+    store.root.mkdir(parents=True)
+    _plant(World(engine, store))
+    url = engine.url.render_as_string(hide_password=False)
+    base = ["reconcile", "--db-url", url, "--storage-dir", str(store.root), "--min-age", "0s"]
+    original = snapshot(engine)
+    set_writes(monkeypatch)
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("INTEGRITY_", "AWS_ENDPOINT_URL"))
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "integrity.cli", *base, "--apply", "--batch-size", "1"]
+        + ["--pause", "3s"],
+        cwd=tmp_path,
+        env={**clean, **WRITES, settings.ENV_RUN_LEASE: "1.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lease_sql = f"SELECT run_id, batches, lease_until FROM {RUNS_TABLE}"
+    try:
+        [first] = _wait_for(
+            lambda: (
+                ledger_tables(engine) >= LEDGER_TABLES
+                and [r for r in rows(engine, lease_sql) if r["batches"] == 1]
+            ),
+            process,
+            "the first batch",
+        )
+        killed = first["run_id"]
+        _wait_for(  # during the pause, only the timer can move the lease
+            lambda: [
+                r
+                for r in rows(engine, lease_sql)
+                if r["batches"] == 1 and r["lease_until"] != first["lease_until"]
+            ],
+            process,
+            "the lease to be renewed",
+        )
+        live = _runs(capsys, url)[killed]
+        assert (live["state"], live["interrupted"]) == ("running", False)
+        code, out, err = run(capsys, "rollback", "--run-id", killed, "--apply", "--db-url", url)
+        assert code == 1 and out == ""
+        assert err.startswith(f"integrity: error: run {killed} is still running (its lease ")
+        assert process.poll() is None  # mid-apply: the rest of the batches are still to come
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+
+    wait_for_lease_to_run_out(engine, killed)
+    listed = _runs(capsys, url)[killed]
+    assert (listed["state"], listed["interrupted"]) == ("failed", True)
+    batches = listed["batches"]
+    assert 1 <= batches < 4
+    code, out, _ = run(capsys, "rollback", "--list", "--db-url", url)
+    assert f"interrupted after {batches} batches (its process stopped; lease ran out " in out
+    assert rows(engine, f"SELECT state FROM {RUNS_TABLE}") == [{"state": "running"}]
+
+    code, out, err = run(capsys, *base, "--apply")
+    assert code == 0, err
+    later = re.search(r"remediation applied: run ([0-9a-f]{32})", out).group(1)
+    assert (
+        f"interrupted run {killed} (remediate, started {listed['started_at']} UTC, "
+        f"{batches} batches applied): its process stopped without finishing (its lease ran out); "
+        "recorded as failed." in out
+    )
+    assert f"undo them: integrity rollback --run-id {killed}" in out
+    recorded = rows(engine, f"SELECT run_id, state, failed_by FROM {RUNS_TABLE}")
+    assert sorted(recorded, key=lambda r: r["run_id"] != killed) == [
+        {"run_id": killed, "state": "failed", "failed_by": later},
+        {"run_id": later, "state": "completed", "failed_by": None},
+    ]
+    listed = _runs(capsys, url)
+    assert (listed[killed]["state"], listed[killed]["interrupted"]) == ("failed", True)
+    assert (listed[later]["state"], listed[later]["interrupted"]) == ("completed", False)
+    assert json.loads(run(capsys, *base, "--apply", "--json")[1])["interrupted_runs"] == []
+
+    audited = rows(engine, f"SELECT count(*) AS n FROM {AUDIT_TABLE} WHERE run_id = :r", r=killed)
+    code, out, err = run(
+        capsys, "rollback", "--run-id", killed, "--apply", "--json", "--db-url", url
+    )
+    assert code == 0, err
+    undone = json.loads(out)
+    assert undone["restored"] + undone["removed"] == audited[0]["n"] == batches
+    code, _, err = run(capsys, "rollback", "--run-id", later, "--apply", "--db-url", url)
+    assert code == 0, err
+    assert snapshot(engine) == original
+
+
+def test_a_ledger_from_before_leases_is_read_as_is_and_upgraded_by_the_next_apply(
+    engine: sa.Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runs table without lease columns, as earlier versions made it, with a run left
+    `running` ten minutes ago: listing reads it as interrupted and changes no schema; the next
+    --apply adds the columns, records that run as failed and names it, and leaves alone a run
+    whose last batch is recent."""
+    from integrity.remediation import ledger
+
+    old = sa.MetaData()
+    sa.Table(
+        RUNS_TABLE,
+        old,
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("target_run_id", sa.String(64)),
+        sa.Column("scope", sa.Text),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("counts", sa.Text),
+    )
+    old.create_all(engine)
+    ledger.audit.create(engine)
+    ledger.queue.create(engine)
+    now = ledger.utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            old.tables[RUNS_TABLE].insert(),
+            [
+                dict(run_id=run_id, kind="remediate", scope="__all__", state=state, batches=3)
+                | dict(started_at=now - 2 * ago, updated_at=now - ago)
+                for run_id, state, ago in [
+                    ("stale", "running", timedelta(minutes=10)),
+                    ("recent", "running", timedelta(seconds=5)),
+                    ("done", "completed", timedelta(minutes=20)),
+                ]
+            ],
+        )
+
+    def columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(engine).get_columns(RUNS_TABLE)}
+
+    before = columns()
+    listed = _runs(capsys, engine.url.render_as_string(hide_password=False))
+    assert {r: (v["state"], v["interrupted"]) for r, v in listed.items()} == {
+        "stale": ("failed", True),
+        "recent": ("running", False),
+        "done": ("completed", False),
+    }
+    assert columns() == before  # a listing never changes the schema
+
+    store = LocalStorage(tmp_path / "store" / "uploads")
+    store.root.mkdir(parents=True)
+    _plant(World(engine, store))
+    set_writes(monkeypatch)
+    code, out, err = run(
+        capsys,
+        "reconcile",
+        "--apply",
+        "--json",
+        "--min-age",
+        "0s",
+        "--db-url",
+        engine.url.render_as_string(hide_password=False),
+        "--storage-dir",
+        str(store.root),
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [(r["run_id"], r["batches"]) for r in summary["interrupted_runs"]] == [("stale", 3)]
+    assert columns() == before | {"lease_until", "failed_by"}
+    states = {
+        r["run_id"]: (r["state"], r["failed_by"], r["lease_until"] is not None)
+        for r in rows(engine, f"SELECT run_id, state, failed_by, lease_until FROM {RUNS_TABLE}")
+    }
+    assert states == {
+        "stale": ("failed", summary["run_id"], False),
+        "recent": ("running", None, False),
+        "done": ("completed", None, False),
+        summary["run_id"]: ("completed", None, True),
+    }

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,9 +26,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from integrity import schema
+from integrity import schema, settings
 from integrity.diff import ReconciliationReport
-from integrity.errors import QueueError, RemediationRefused, SpecError
+from integrity.errors import DatabaseError, QueueError, RemediationRefused, SpecError
 from integrity.inventory import list_storage
 from integrity.remediation import (
     RemediationOptions,
@@ -39,13 +40,16 @@ from integrity.remediation.ledger import (
     QUEUE_TABLE,
     RUNS_TABLE,
     audit,
+    fail_interrupted_runs,
+    lease_seconds,
     queue,
     remediation_runs,
 )
 from integrity.remediation.queue import SqsQueue, make_queue
-from integrity.remediation.rollback import rollback, run_history
+from integrity.remediation.rollback import TargetStillRunning, rollback, run_history
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.flaky_proxy import FlakyProxy
+from integrity_tests.remediation_worker import kill_mid_batch, wait_for_lease_to_run_out
 from integrity_tests.world import HOUR, World, found, kinds
 
 ALLOW = {"INTEGRITY_ALLOW_WRITES": "1"}
@@ -534,6 +538,150 @@ def test_sigkill_mid_run_leaves_whole_batches_and_a_second_run_converges(
     assert len({(r["table_name"], r["row_key"]) for r in everything}) == orphans + missing
     assert sorted(e["object_key"] for e in ledger_rows(engine, queue)) == sorted(
         f"documents/org-2/up-{n:03d}.pdf" for n in range(orphans)
+    )
+
+
+# ------------------------------------------------------------------ 5b. killed runs: the lease
+
+
+def test_a_live_run_keeps_its_lease_through_a_long_gap_between_batches(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing commits for two lease lengths (the pause stands for a long storage re-check): the
+    timer keeps the run's lease, so it reads as running, no other run records it as failed, and
+    rolling it back is refused while it lives."""
+    engine = world.engine
+    monkeypatch.setenv(settings.ENV_RUN_LEASE, "1")
+    _insert_documents(world, [(f"r{n}", f"documents/org-1/gone-{n}.pdf") for n in range(2)])
+    seen: dict[str, Any] = {}
+
+    def look(run_id: str) -> None:
+        time.sleep(2.0)  # two lease lengths after batch 1 committed, one before batch 2
+        [seen["run"]] = [r for r in run_history(engine) if r["run_id"] == run_id]
+        seen["claimed"] = fail_interrupted_runs(engine, by="another-run")
+        try:
+            rollback(engine, run_id, dry_run=False, environ=ALLOW)
+        except TargetStillRunning as exc:
+            seen["refused"] = str(exc)
+
+    run_id = "live-" + uuid.uuid4().hex[:8]
+    watcher = threading.Thread(target=look, args=(run_id,))
+
+    def after(number: int, total: int) -> None:
+        if number == 1:
+            watcher.start()
+
+    result = apply(
+        world, world.reconcile(), force=True, batch_size=1, pause=3.0, run_id=run_id, on_batch=after
+    )
+    watcher.join()
+
+    assert seen["run"]["state"] == "running" and seen["run"]["interrupted"] is False
+    assert seen["claimed"] == []
+    assert seen["refused"].startswith(f"run {run_id} is still running (its lease runs until ")
+    assert result.counts["marked_error"] == 2 and result.batches == 2
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert (run["state"], run["batches"], run["failed_by"]) == ("completed", 2, None)
+    assert len(ledger_rows(engine, audit, run_id=run_id)) == 2  # nothing rolled back meanwhile
+
+
+def test_a_killed_run_reads_as_interrupted_once_its_lease_runs_out_and_rolls_back_exactly(
+    world: World, tmp_path: Path
+) -> None:
+    """SIGKILL inside batch 4: the run stays `running` in the ledger, every reader sees it as
+    failed once its lease has run out, one of two runs finding it records it, and its three
+    committed batches roll back to exactly what was there."""
+    engine, store = world.engine, world.store
+    for n in range(4):
+        world.obj(f"documents/org-2/up-{n}.pdf")
+    _insert_documents(world, [(f"r{n}", f"documents/org-1/gone-{n}.pdf") for n in range(4)])
+    original = snapshot(engine)
+    path = world.reconcile().save(tmp_path / "report.parquet")
+    run_id = "killed-" + uuid.uuid4().hex[:8]
+
+    kill_mid_batch(engine, store.root, path, run_id, batch_size=2, hang_after=3, lease=1.0)
+
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert (run["state"], run["batches"]) == ("running", 3)  # nothing recorded its end
+    wait_for_lease_to_run_out(engine, run_id)
+    [seen] = [r for r in run_history(engine) if r["run_id"] == run_id]
+    assert (seen["state"], seen["interrupted"], seen["failed_by"]) == ("failed", True, None)
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert run["state"] == "running"  # reading records nothing
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        claims = list(pool.map(lambda by: fail_interrupted_runs(engine, by=by), ["a", "b"]))
+    assert sorted(len(c) for c in claims) == [0, 1]
+    winner = "a" if claims[0] else "b"
+    [claimed] = claims[0] or claims[1]
+    assert (claimed["run_id"], claimed["state"], claimed["batches"]) == (run_id, "failed", 3)
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert (run["state"], run["failed_by"]) == ("failed", winner)
+    [seen] = [r for r in run_history(engine) if r["run_id"] == run_id]
+    assert (seen["state"], seen["interrupted"]) == ("failed", True)
+    assert fail_interrupted_runs(engine, by="c") == []
+
+    undone = rollback(engine, run_id, dry_run=False, environ=ALLOW)
+    assert (undone.counts["removed"], undone.counts["restored"]) == (4, 2)
+    assert undone.counts["queue_cancelled"] == 4
+    assert snapshot(engine) == original
+    [run] = ledger_rows(engine, remediation_runs, run_id=undone.run_id)
+    assert run["state"] == "completed"
+
+
+def test_a_run_recorded_as_failed_while_alive_stops_before_its_next_batch(world: World) -> None:
+    """Another run judged this one dead (an overlong stall, say) and recorded it as failed: its
+    next batch writes nothing, the run stops with one line naming that run, and the record
+    stays failed (a rollback of what it did cannot miss a later batch)."""
+    engine = world.engine
+    _insert_documents(world, [(f"r{n}", f"documents/org-1/gone-{n}.pdf") for n in range(3)])
+    run_id = "stalled-" + uuid.uuid4().hex[:8]
+
+    def recorded_elsewhere(number: int, total: int) -> None:
+        if number == 1:  # as fail_interrupted_runs does, on a run it judged expired
+            with engine.begin() as conn:
+                conn.execute(
+                    remediation_runs.update()
+                    .where(remediation_runs.c.run_id == run_id)
+                    .values(state="failed", failed_by="the-other-run")
+                )
+
+    with pytest.raises(DatabaseError) as raised:
+        apply(
+            world,
+            world.reconcile(),
+            force=True,
+            batch_size=1,
+            run_id=run_id,
+            on_batch=recorded_elsewhere,
+        )
+    assert str(raised.value) == (
+        f"run {run_id} was recorded as interrupted by run the-other-run because its lease ran "
+        "out (no sign of life for longer than the lease); it stops here, and its earlier "
+        "batches stay applied"
+    )
+    [run] = ledger_rows(engine, remediation_runs, run_id=run_id)
+    assert (run["state"], run["failed_by"], run["batches"]) == ("failed", "the-other-run", 1)
+    assert len(ledger_rows(engine, audit, run_id=run_id)) == 1
+    statuses = [r["status"] for r in rows(engine, schema.documents).values()]
+    assert sorted(statuses) == ["complete", "complete", "error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 180.0), ("", 180.0), ("2.5", 2.5), (" 60 ", 60.0)]
+)
+def test_the_lease_length_comes_from_the_environment(value: str | None, seconds: float) -> None:
+    environ = {} if value is None else {settings.ENV_RUN_LEASE: value}
+    assert lease_seconds(environ) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf", "100000"])
+def test_a_bad_lease_length_is_one_line_naming_the_variable(value: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        lease_seconds({settings.ENV_RUN_LEASE: value})
+    assert str(raised.value) == (
+        "INTEGRITY_RUN_LEASE_SECONDS: must be a number of seconds above 0 and at most 86,400, "
+        f"not {value!r}"
     )
 
 

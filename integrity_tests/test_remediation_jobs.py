@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import yaml
 from integrity import schema, settings
 from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.remediation import REMEDIATION_TAG
+from integrity.defs.remediation import REMEDIATION_TAG, report_path
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,
@@ -37,6 +38,7 @@ from integrity.remediation.rollback import ROLLBACK_COMPLETED_MSG
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.dagster_world import EXPECTED, plant_drift
 from integrity_tests.flaky_proxy import FlakyProxy
+from integrity_tests.remediation_worker import kill_mid_batch, wait_for_lease_to_run_out
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REMEDIATE_OP = "apply_remediation"
@@ -548,3 +550,77 @@ def test_tenant_partition_requeues_through_sqs_on_moto(
     jobs = rows_by_key(sqlite_engine, schema.processing_jobs, "object_key")
     assert "documents/org-2/orphan.pdf" not in jobs
     assert "testing" not in repr(meta)
+
+
+@pytest.mark.usefixtures("allow_writes")
+def test_a_killed_remediation_is_named_recorded_as_failed_and_rolled_back(
+    defs: dg.Definitions,
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+) -> None:
+    """A remediation whose process was SIGKILLed mid-batch (two batches committed): once its lease
+    has run out, a dry run of `remediate` names it in a warning and its metadata, an applying
+    run records it as failed, and the `rollback` job undoes it exactly."""
+    reconcile(resources, instance)
+    before = table_contents(engine)
+    killed = "killed-" + uuid.uuid4().hex[:8]
+    kill_mid_batch(
+        engine,
+        Path(resources["storage"].storage_dir),
+        report_path(resources["snapshot_io_manager"], ALL_TENANTS),
+        killed,
+        batch_size=1,
+        hang_after=2,
+        lease=1.0,
+    )
+    wait_for_lease_to_run_out(engine, killed)
+
+    def raw_states() -> dict[str, tuple[str, str | None]]:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.select(
+                    ledger.remediation_runs.c.run_id,
+                    ledger.remediation_runs.c.state,
+                    ledger.remediation_runs.c.failed_by,
+                )
+            ).all()
+        return {run_id: (state, by) for run_id, state, by in found}
+
+    dry = run_job(defs, "remediate", resources, instance, {"max_change_ratio": RATIO})
+    assert dry.success
+    meta = output_metadata(dry, REMEDIATE_OP)
+    assert (meta["interrupted_runs"], meta["interrupted_run_ids"]) == (1, killed)
+    [warning] = [m for m in op_log_lines(instance, dry.run_id, REMEDIATE_OP) if killed in m]
+    assert warning.startswith(
+        f"remediate run {killed} was interrupted: its process stopped without finishing "
+        "(2 batches applied; its lease ran out at "
+    )
+    assert "shown as failed (the next applying run records it)" in warning
+    assert f"the rollback job with run_id {killed} undoes them" in warning
+    assert raw_states() == {killed: ("running", None)}  # a dry run records nothing
+
+    applied = run_job(
+        defs, "remediate", resources, instance, {"dry_run": False, "max_change_ratio": RATIO}
+    )
+    assert applied.success, applied.get_step_failure_events()
+    meta = output_metadata(applied, REMEDIATE_OP)
+    assert (meta["interrupted_runs"], meta["interrupted_run_ids"]) == (1, killed)
+    assert meta["updated"] == 4  # what the killed run left to do
+    assert any(
+        killed in m and "; recorded as failed." in m
+        for m in op_log_lines(instance, applied.run_id, REMEDIATE_OP)
+    )
+    assert raw_states() == {
+        killed: ("failed", applied.run_id),
+        applied.run_id: ("completed", None),
+    }
+    undone = run_job(defs, "rollback", resources, instance, {"run_id": killed, "dry_run": False})
+    assert undone.success, undone.get_step_failure_events()
+    undone_meta = output_metadata(undone, ROLLBACK_OP)
+    assert undone_meta["restored"] + undone_meta["removed"] == 2
+    undone = run_job(
+        defs, "rollback", resources, instance, {"run_id": applied.run_id, "dry_run": False}
+    )
+    assert undone.success, undone.get_step_failure_events()
+    assert table_contents(engine) == before

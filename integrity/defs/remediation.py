@@ -5,6 +5,9 @@ is the default, and writes also need INTEGRITY_ALLOW_WRITES=1 in the run's envir
 core checks it), so a launchpad click alone cannot write to a database that was not opted in.
 The Dagster run id is the remediation's run id, so every audit record points at its run.
 Both jobs carry the `integrity/remediation` tag that dagster.yaml limits to one run at a time.
+A remediation run whose process died (a killed run worker) is interrupted once its lease runs
+out: `remediate` names it with a warning and in its metadata, and an applying run records it as
+failed; `rollback` undoes it.
 """
 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
@@ -29,6 +32,12 @@ from integrity.remediation import (
     RemediationResult,
     completed_line,
     remediate,
+    writes_allowed,
+)
+from integrity.remediation.ledger import (
+    fail_interrupted_runs,
+    read_runs,
+    remediation_runs,
 )
 from integrity.remediation.rollback import (
     ROLLBACK_COUNTS,
@@ -43,6 +52,7 @@ REMEDIATION_TAGS = {REMEDIATION_TAG: "true"}
 REMEDIATE_JOB = "remediate"
 ROLLBACK_JOB = "rollback"
 REPORT_ASSET = dg.AssetKey("reconciliation_report")
+INTERRUPTED_IDS_SHOWN = 10
 
 
 class RemediationConfig(dg.Config):
@@ -142,9 +152,42 @@ def _database_failure(database: DatabaseResource, exc: sa.exc.SQLAlchemyError) -
     )
 
 
+def interrupted_runs(
+    context: OpExecutionContext, engine: sa.Engine, *, record: bool
+) -> list[dict[str, Any]]:
+    """Earlier runs whose process died (their lease ran out), each named in a warning.
+
+    With `record` (an applying run with the opt-in) they are recorded as failed by this run;
+    otherwise they are only read, and the next applying run records them.
+    """
+    if record:
+        runs = fail_interrupted_runs(engine, by=context.run_id)
+        verb = "recorded as failed"
+    else:
+        with engine.connect() as conn:
+            runs = read_runs(conn, remediation_runs.c.state == "running")
+        runs = [run for run in runs if run["interrupted"]]
+        verb = "shown as failed (the next applying run records it)"
+    for run in runs:
+        context.log.warning(
+            f"{run['kind']} run {run['run_id']} was interrupted: its process stopped without "
+            f"finishing ({run['batches'] or 0} batches applied; its lease ran out at "
+            f"{run['lease_until']:%Y-%m-%d %H:%M:%S} UTC); {verb}. Its batches stay applied: "
+            f"the rollback job with run_id {run['run_id']} undoes them"
+        )
+    return runs
+
+
 def _remediation_metadata(
-    report: ReconciliationReport, result: RemediationResult, queue_description: str
+    report: ReconciliationReport,
+    result: RemediationResult,
+    queue_description: str,
+    interrupted: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    ids = [run["run_id"] for run in interrupted]
+    shown = ", ".join(ids[:INTERRUPTED_IDS_SHOWN]) + (
+        " …" if len(ids) > INTERRUPTED_IDS_SHOWN else ""
+    )
     return {
         "run_id": dg.MetadataValue.text(result.run_id),
         "dry_run": dg.MetadataValue.bool(result.dry_run),
@@ -159,6 +202,8 @@ def _remediation_metadata(
         "batches": dg.MetadataValue.int(result.batches),
         "seconds": dg.MetadataValue.float(result.seconds),
         "queue": dg.MetadataValue.text(queue_description),
+        "interrupted_runs": dg.MetadataValue.int(len(ids)),
+        "interrupted_run_ids": dg.MetadataValue.text(shown or "none"),
     }
 
 
@@ -198,6 +243,9 @@ def apply_remediation(
         )
         try:
             with database.engine() as engine:
+                interrupted = interrupted_runs(
+                    context, engine, record=not options.dry_run and writes_allowed()
+                )
                 result = remediate(
                     report,
                     engine,
@@ -214,7 +262,9 @@ def apply_remediation(
         ("would change " if result.dry_run else "changed ")
         + ", ".join(f"{name} {result.counts[name]}" for name in COUNT_NAMES)
     )
-    context.add_output_metadata(_remediation_metadata(report, result, work_queue.description))
+    context.add_output_metadata(
+        _remediation_metadata(report, result, work_queue.description, interrupted)
+    )
     context.log.info(completed_line(report, result))
 
 

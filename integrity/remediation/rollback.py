@@ -4,7 +4,8 @@ Each record holds the changed columns' values before and after. A row is restore
 still holds the after values (nobody changed it since), conditionally and under lock like the
 forward path, one transaction per batch; rows the run created are removed the same way, and
 queue entries not yet delivered are cancelled. The rollback audits itself under its own run id
-and marks the records it undid, so rolling back twice changes nothing.
+and marks the records it undid, so rolling back twice changes nothing. A run still alive (its
+lease is fresh) is not rolled back; an interrupted one (its process died) is, exactly.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from integrity.inventory import safe_url
 from integrity.remediation.ledger import (
     audit,
     dump_values,
+    fail_interrupted_runs,
     finish_run,
     ledger_exists,
     load_values,
     queue,
+    read_runs,
     remediation_runs,
     start_run,
     utcnow,
@@ -52,6 +55,10 @@ ROLLBACK_COUNTS = (
     "queue_cancelled",
     "queue_already_delivered",
 )
+
+
+class TargetStillRunning(RemediationRefused):
+    """The run to undo is still alive (its lease is fresh): its next batches would be missed."""
 
 
 @dataclass
@@ -98,6 +105,10 @@ def rollback(
     started = time.perf_counter()
     run_id = run_id or uuid.uuid4().hex
     result = RollbackResult(run_id, target_run_id, dry_run)
+    if not dry_run:
+        # First: a target whose lease ran out is recorded as failed, so it can write no more
+        # batches and the records read below are all it will ever have.
+        fail_interrupted_runs(engine, by=run_id)
     with engine.connect() as conn:
         if not ledger_exists(conn):
             raise RemediationRefused(
@@ -115,8 +126,15 @@ def rollback(
         known = conn.execute(
             sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
         ).scalar_one()
+        target = read_runs(conn, remediation_runs.c.run_id == target_run_id)
     if not known:
         raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
+    if not dry_run and target and target[0]["state"] == "running":
+        raise TargetStillRunning(
+            f"run {target_run_id} is still running (its lease runs until "
+            f"{target[0]['lease_until']:%Y-%m-%d %H:%M:%S} UTC): roll it back once it has ended; "
+            "a run whose process died counts as interrupted once its lease has run out"
+        )
     if not dry_run:
         start_run(engine, run_id, "rollback", None, target_run_id)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -267,20 +285,14 @@ def _cancel_queue(
 
 
 def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest remediation and rollback runs, newest first (for `integrity rollback --list`)."""
+    """The latest remediation and rollback runs, newest first (for `integrity rollback --list`).
+
+    A run whose process died shows as `failed` with `interrupted` once its lease has run out.
+    """
     with engine.connect() as conn:
         if not ledger_exists(conn):
             return []
-        rows = (
-            conn.execute(
-                sa.select(remediation_runs)
-                .order_by(remediation_runs.c.started_at.desc())
-                .limit(limit)
-            )
-            .mappings()
-            .all()
-        )
-    return [dict(r) for r in rows]
+        return read_runs(conn, limit=limit)
 
 
 def rollback_completed_line(result: RollbackResult) -> str:
