@@ -83,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         started = time.perf_counter()
-        document = open_pdf(data, dpi=args.dpi, max_pixels=10**9)
+        document = open_pdf(data, dpi=args.dpi, max_pixels=10**9, max_pages=10**6)
         tiles = 0
         for index in range(document.pages):
             sheet_dir = tmp / "alone" / str(index)

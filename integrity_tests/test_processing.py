@@ -29,6 +29,7 @@ from integrity.defs.processing import (
 )
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.demo import minimal_pdf, url_form
+from integrity.errors import IntegrityError
 from integrity.processing import (
     ProcessingFailed,
     ProcessOptions,
@@ -36,7 +37,7 @@ from integrity.processing import (
     parse_dzi,
     process_object,
 )
-from integrity.processing.render import DziGeometry, deep_zoom, level_sizes, open_pdf
+from integrity.processing.render import DziGeometry, deep_zoom, level_sizes, open_pdf, sniff
 from integrity.processing.state import claim_job, plan_id_for
 from integrity.settings import DEMO_BUCKET
 from integrity.spec import default_spec
@@ -48,6 +49,7 @@ ORG = "org-1"
 LETTER = (612.0, 792.0)
 PAGE_SIZES = [(600.0, 400.0), (300.0, 520.0), (257.0, 129.0)]  # points = pixels at 72 dpi
 OPTIONS = ProcessOptions(dpi=72)
+TINY_PAGE = (20.0, 20.0)  # one tile per level: cheap page counts
 SPEC = default_spec()
 NO_SLEEP = lambda seconds: None  # noqa: E731
 
@@ -152,7 +154,7 @@ def test_rendered_pages_own_their_pixels(tmp_path: Path) -> None:
     """pdfium pads rows (425 px x 3 bytes -> 1276) and frees its bitmap; pyvips must not care."""
     data = make_pdf([(425.0, 300.0), LETTER])
     expected = pdfium.PdfDocument(data)[0].render(scale=1, rev_byteorder=True).to_numpy()
-    document = open_pdf(data, dpi=72, max_pixels=10**8)
+    document = open_pdf(data, dpi=72, max_pixels=10**8, max_pages=10)
     image = document.render(0)
     assert (image.width, image.height, image.bands) == (425, 300, 3)
     assert np.array_equal(image.numpy(), expected)
@@ -179,8 +181,7 @@ def _resources(engine: sa.Engine, storage: StorageResource) -> dict[str, Any]:
 
 
 def _run(key: str, resources: dict[str, Any], instance: dg.DagsterInstance, **config: Any):
-    run_config = process_run_config(key, "test")
-    run_config["ops"][PROCESS_OP]["config"].update({"dpi": 72, **config})
+    run_config = process_run_config(key, "test", **{"dpi": 72, **config})
     return process_document_job.execute_in_process(
         run_config=run_config, resources=resources, instance=instance, raise_on_error=False
     )
@@ -262,11 +263,39 @@ def test_job_fails_a_bad_object_with_one_line(
     assert not result.success
     [failure] = [e for e in result.all_node_events if e.event_type_value == "STEP_FAILURE"]
     description = failure.step_failure_data.user_failure_data.description
-    assert description == f"{key}: not a PDF or an image format libvips can read"
+    assert description == (
+        f"{key}: the object is plain text: not a PDF or an image format libvips can read"
+    )
     [job] = _rows(sqlite_engine, schema.processing_jobs)
     assert (job["status"], job["error"]) == ("failed", description.split(": ", 1)[1])
     assert _rows(sqlite_engine, schema.documents) == []
     assert _rows(sqlite_engine, schema.plans) == []
+
+
+def test_job_refuses_a_pdf_over_max_pages_before_writing_anything(
+    store: LocalStorage, sqlite_engine: sa.Engine, instance: dg.DagsterInstance
+) -> None:
+    key = f"documents/{ORG}/plans/long-set.pdf"
+    store.put_bytes(key, make_pdf([TINY_PAGE] * 4))
+    objects = _keys(store)
+    resources = _resources(sqlite_engine, StorageResource(storage_dir=str(store.root)))
+    result = _run(key, resources, instance, max_pages=3)
+    assert not result.success
+    [failure] = [e for e in result.all_node_events if e.event_type_value == "STEP_FAILURE"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description == f"{key}: the PDF has 4 pages, over the limit of 3 (max_pages)"
+    [job] = _rows(sqlite_engine, schema.processing_jobs)
+    assert (job["status"], job["error"]) == ("failed", description.split(": ", 1)[1])
+    assert _rows(sqlite_engine, schema.plans) == []  # no plan started, no progress
+    assert _rows(sqlite_engine, schema.documents) == []
+    assert _keys(store) == objects  # no tile, no sheet
+
+
+def test_the_run_config_builder_takes_the_options_and_refuses_unknown_ones() -> None:
+    config = process_run_config("k", "manual", max_pages=3, dpi=96)["ops"][PROCESS_OP]["config"]
+    assert config == {"key": "k", "source": "manual", "max_pages": 3, "dpi": 96}
+    with pytest.raises(IntegrityError, match="unknown option 'max_page'"):
+        process_run_config("k", "manual", max_page=3)
 
 
 # --------------------------------------------------------------------------- the core
@@ -428,7 +457,11 @@ def _encrypted_pdf() -> bytes:
 
 BAD_INPUTS = {
     "truncated_jpeg": (lambda: _photo(400, 300)[:3000], "scan.jpg", "cannot be decoded"),
-    "not_an_image": (lambda: b"hello, world\n" * 10, "notes.png", "not a PDF or an image"),
+    "not_an_image": (
+        lambda: b"hello, world\n" * 10,
+        "notes.png",
+        "the object is plain text: not a PDF or an image format libvips can read",
+    ),
     "empty_object": (lambda: b"", "blank.jpg", "the object is empty"),
     "encrypted_pdf": (_encrypted_pdf, "secret.pdf", "the PDF is encrypted"),
     "zero_page_pdf": (lambda: minimal_pdf("Nothing", []), "empty.pdf", "the PDF has no pages"),
@@ -443,7 +476,33 @@ BAD_INPUTS = {
         "page 2 would render to 40,000,000 pixels at 72 dpi, over the limit of 1,000,000",
     ),
     "too_large": (lambda: b"%PDF-1.4\n" + b"0" * 5000, "big.pdf", "over the limit of 4,096"),
+    "too_many_pages": (
+        lambda: make_pdf([TINY_PAGE] * 4),
+        "plan-set.pdf",
+        "the PDF has 4 pages, over the limit of 3 (max_pages)",
+    ),
+    "zip_archive": (
+        lambda: b"PK\x03\x04" + b"\x00" * 200,
+        "drawings.pdf",
+        "the object is a ZIP archive (or a .docx, .xlsx or other zipped file): not a PDF",
+    ),
+    "unknown_binary": (
+        lambda: bytes(range(1, 200)),
+        "scan.tif",
+        "the object is in an unknown format (first bytes 01 02 03 04 05 06 07 08): not a PDF",
+    ),
+    "unreadable_image_format": (
+        lambda: b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 200,
+        "site.jp2",
+        "the object is in JPEG 2000 format, which this libvips cannot read",
+    ),
+    "png_signature_then_pdf": (
+        lambda: b"\x89PNG\r\n\x1a\n" + minimal_pdf("Inside", ["a"]),
+        "hybrid.png",
+        "the PNG image cannot be read",
+    ),
 }
+"""Bad files, each refused with one line before anything is written."""
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -474,7 +533,7 @@ def test_bad_input_fails_only_its_own_job(
     key = f"documents/{ORG}/uploads/{name}"
     store.put_bytes(key, make())
     before_rows, before_objects = _all_rows(sqlite_engine), _keys(store)
-    options = ProcessOptions(dpi=72, max_object_bytes=4096, max_pixels=1_000_000)
+    options = ProcessOptions(dpi=72, max_object_bytes=4096, max_pixels=1_000_000, max_pages=3)
     with pytest.raises(ProcessingFailed) as failed:
         _process(key, store, sqlite_engine, options=options)
     line = str(failed.value)
@@ -566,6 +625,91 @@ def test_an_image_upload_becomes_one_sheet(store: LocalStorage, sqlite_engine: s
     assert_complete_pyramids(store, prefix, 1)
     [document] = _rows(sqlite_engine, schema.documents)
     assert document["status"] == "complete"
+
+
+def _with_comment(jpeg: bytes, text: bytes) -> bytes:
+    """The JPEG with a COM segment right after its SOI marker."""
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+SVG_WITH_PDF_COMMENT = (
+    b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="300" height="200">'
+    b'<!-- exported from %PDF-1.7 --><rect x="10" y="10" width="200" height="90" '
+    b'fill="#c33"/></svg>'
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "size"),
+    [
+        ("site.jpg", lambda: _with_comment(_photo(300, 200), b"%PDF-1.7 scanned by X"), (300, 200)),
+        ("elevation.svg", lambda: SVG_WITH_PDF_COMMENT, (300, 200)),
+    ],
+    ids=["jpeg", "svg"],
+)
+def test_an_image_with_a_pdf_header_in_a_comment_is_processed_as_an_image(
+    name: str, make: Any, size: tuple[int, int], store: LocalStorage, sqlite_engine: sa.Engine
+) -> None:
+    key = f"documents/{ORG}/photos/{name}"
+    store.put_bytes(key, make())
+    result = _process(key, store, sqlite_engine)
+    assert (result.outcome, result.kind, result.pages, result.sheets_written) == (
+        "processed",
+        "image",
+        1,
+        1,
+    )
+    prefix = f"organizations/{ORG}/projects/unassigned/plans/{plan_id_for(key)}/sheets/"
+    assert_complete_pyramids(store, prefix, 1)
+    [descriptor] = [k for k in _keys(store, prefix) if k.endswith(".dzi")]
+    geometry = parse_dzi(store.get_bytes(descriptor))
+    assert (geometry.width, geometry.height) == size
+
+
+def test_a_pdf_of_exactly_max_pages_is_processed(
+    store: LocalStorage, sqlite_engine: sa.Engine
+) -> None:
+    key = f"documents/{ORG}/plans/three.pdf"
+    store.put_bytes(key, make_pdf([TINY_PAGE] * 3))
+    options = ProcessOptions(dpi=72, max_pages=3)
+    result = _process(key, store, sqlite_engine, options=options)
+    assert (result.outcome, result.pages, result.sheets_written) == ("processed", 3, 3)
+    [plan] = _rows(sqlite_engine, schema.plans)
+    assert (plan["status"], plan["completed_pages"], plan["total_pages"]) == ("complete", 3, 3)
+
+
+def _encoded(image: Any, suffix: str, **kwargs: Any) -> bytes:
+    return image.write_to_buffer(suffix, **kwargs)
+
+
+SMALL = pyvips.Image.black(8, 8).cast("uchar")
+SNIFFED = {
+    "jpeg_with_pdf_comment": (lambda: _with_comment(_photo(8, 8), b"%PDF-1.4"), "image", "JPEG"),
+    "png": (lambda: _encoded(SMALL, ".png"), "image", "PNG"),
+    "gif": (lambda: _encoded(SMALL, ".gif"), "image", "GIF"),
+    "webp": (lambda: _encoded(SMALL, ".webp"), "image", "WebP"),
+    "tiff": (lambda: _encoded(SMALL, ".tif"), "image", "TIFF"),
+    "avif": (lambda: _encoded(SMALL.bandjoin([0, 0]), ".avif"), "image", "AVIF"),
+    "svg_with_pdf_comment": (lambda: SVG_WITH_PDF_COMMENT, "image", "SVG"),
+    "pdf": (lambda: minimal_pdf("P", ["a"]), "pdf", "PDF"),
+    "pdf_after_900_bytes_of_junk": (lambda: b"\r\n" * 450 + minimal_pdf("P", ["a"]), "pdf", "PDF"),
+    "pdf_after_1100_bytes_of_junk": (
+        lambda: b"x" * 1100 + minimal_pdf("P", ["a"]),
+        "unknown",
+        "plain text",
+    ),
+    "html": (lambda: b"<!DOCTYPE html><html><body>plans</body></html>", "unknown", "an HTML"),
+    "heic_brand": (lambda: b"\x00\x00\x00\x18ftypheic" + b"\x00" * 16, "image", "HEIF"),
+    "mp4": (lambda: b"\x00\x00\x00\x18ftypisom" + b"\x00" * 16, "unknown", "an ISO media"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SNIFFED))
+def test_the_format_is_decided_from_the_leading_bytes(case: str) -> None:
+    make, kind, name = SNIFFED[case]
+    fmt = sniff(make())
+    assert (fmt.kind, fmt.name[: len(name)]) == (kind, name)
+    assert (fmt.loader is not None) == (kind == "image")
 
 
 def test_images_rows_get_a_bounded_staged_jpeg(

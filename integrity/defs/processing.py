@@ -19,6 +19,7 @@ from pydantic import Field
 
 from integrity.defs.assets import fail_clearly
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
+from integrity.errors import IntegrityError
 from integrity.inventory import db_error_reason
 from integrity.processing import ProcessOptions, ProcessResult, process_object
 
@@ -28,9 +29,16 @@ PROCESS_OP = "process_object"
 _DEFAULTS = ProcessOptions()
 
 
-def process_run_config(key: str, source: str) -> dict[str, Any]:
-    """Run config for one object: every trigger (sensors, re-queue, UI) builds it here."""
-    return {"ops": {PROCESS_OP: {"config": {"key": key, "source": source}}}}
+def process_run_config(key: str, source: str, **options: Any) -> dict[str, Any]:
+    """Run config for one object: every trigger (sensors, re-queue, UI) builds it here.
+
+    `options` are other fields of ProcessConfig (dpi, max_pages, ...); the sensors pass none,
+    so their runs use the defaults.
+    """
+    unknown = sorted(set(options) - set(ProcessConfig.model_fields))
+    if unknown:
+        raise IntegrityError(f"process_document config: unknown option {unknown[0]!r}")
+    return {"ops": {PROCESS_OP: {"config": {"key": key, "source": source, **options}}}}
 
 
 class ProcessConfig(dg.Config):
@@ -49,6 +57,10 @@ class ProcessConfig(dg.Config):
     max_megapixels: float = Field(
         default=_DEFAULTS.max_pixels / 1e6,
         description="A page or image larger than this fails as bad input (a decompression bomb).",
+    )
+    max_pages: int = Field(
+        default=_DEFAULTS.max_pages,
+        description="A PDF with more pages than this fails as bad input before any page is rendered.",
     )
     staged_max_side: int = Field(
         default=_DEFAULTS.staged_max_side,
@@ -71,6 +83,7 @@ class ProcessConfig(dg.Config):
             dpi=self.dpi,
             max_object_bytes=int(self.max_object_mb * 2**20),
             max_pixels=int(self.max_megapixels * 1e6),
+            max_pages=self.max_pages,
             staged_max_side=self.staged_max_side,
             upload_concurrency=self.upload_concurrency,
             stale_after=timedelta(hours=self.stale_after_hours),

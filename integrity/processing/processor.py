@@ -49,6 +49,7 @@ class ProcessOptions:
     dpi: float = 150.0
     max_object_bytes: int = 512 * 1024 * 1024
     max_pixels: int = 250_000_000
+    max_pages: int = 500  # a construction plan set; a larger PDF is refused before any work
     staged_max_side: int = 1024
     upload_concurrency: int = 8
     stale_after: timedelta = timedelta(hours=24)
@@ -59,6 +60,7 @@ class ProcessOptions:
             ("dpi", 1 <= self.dpi <= 1200, "between 1 and 1200"),
             ("max_object_bytes", self.max_object_bytes >= 1, "at least 1"),
             ("max_pixels", self.max_pixels >= 1, "at least 1"),
+            ("max_pages", self.max_pages >= 1, "at least 1"),
             ("staged_max_side", self.staged_max_side >= 16, "at least 16"),
             ("upload_concurrency", self.upload_concurrency >= 1, "at least 1"),
             ("stale_after", self.stale_after.total_seconds() > 0, "positive"),
@@ -270,14 +272,26 @@ class _Run:
         pdf: render.PdfDocument | None = None
         image: Any = None
         try:
-            if render.is_pdf(data):
+            if not data:
+                raise BadInput("the object is empty (0 bytes)")
+            fmt = render.sniff(data)
+            if fmt.kind == "pdf":
                 self.result.kind = "pdf"
-                pdf = render.open_pdf(data, dpi=options.dpi, max_pixels=options.max_pixels)
+                pdf = render.open_pdf(
+                    data,
+                    dpi=options.dpi,
+                    max_pixels=options.max_pixels,
+                    max_pages=options.max_pages,
+                )
                 pages = pdf.pages
-            else:
+            elif fmt.kind == "image":
                 self.result.kind = "image"
-                image = render.load_image(data, max_pixels=options.max_pixels)
+                image = render.load_image(data, fmt, max_pixels=options.max_pixels)
                 pages = 1
+            else:
+                raise BadInput(
+                    f"the object is {fmt.name}: not a PDF or an image format libvips can read"
+                )
             del data
             if images:
                 first = image if image is not None else pdf.render(0)  # type: ignore[union-attr]

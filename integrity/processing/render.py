@@ -7,6 +7,7 @@ itself. Every bad input raises BadInput with one line a person can act on.
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -36,9 +37,124 @@ def has_pdfload() -> bool:
     return bool(pyvips.type_find("VipsForeign", "pdfload_buffer"))
 
 
-def is_pdf(data: bytes) -> bool:
-    """PDFs may carry a few bytes of junk before the header; readers look at the first 1 KiB."""
-    return PDF_MAGIC in data[:1024]
+PDF_WINDOW = 1024
+"""PDF readers accept junk before `%PDF-` (a mail or print header) within the first 1 KiB."""
+
+_IMAGE_MAGIC: tuple[tuple[bytes, str, str | None], ...] = (
+    # (leading bytes, format name, libvips buffer loader)
+    (b"\xff\xd8\xff", "JPEG", "jpegload_buffer"),
+    (b"\x89PNG\r\n\x1a\n", "PNG", "pngload_buffer"),
+    (b"GIF87a", "GIF", "gifload_buffer"),
+    (b"GIF89a", "GIF", "gifload_buffer"),
+    (b"II*\x00", "TIFF", "tiffload_buffer"),
+    (b"MM\x00*", "TIFF", "tiffload_buffer"),
+    (b"II+\x00", "BigTIFF", "tiffload_buffer"),
+    (b"MM\x00+", "BigTIFF", "tiffload_buffer"),
+    (b"\xff\x0a", "JPEG XL", "jxlload_buffer"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL", "jxlload_buffer"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000", "jp2kload_buffer"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000", "jp2kload_buffer"),
+    (b"8BPS", "Photoshop (PSD)", None),
+    (b"#?RADIANCE", "Radiance HDR", None),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive (or a .docx, .xlsx or other zipped file)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE2 file (e.g. .doc, .xls, .msg)"),
+    (b"AC10", "an AutoCAD DWG drawing"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"%!PS", "a PostScript file"),
+    (b"\x7fELF", "an ELF executable"),
+)
+
+
+@dataclass(frozen=True)
+class Format:
+    """What the leading bytes say an object is, and which decoder it goes to.
+
+    `kind` is "pdf", "image" or "unknown"; `loader` is the libvips loader an image goes to
+    (None: this libvips has none for it); `name` is what a person calls the format.
+    """
+
+    kind: str
+    name: str
+    loader: str | None = None
+
+
+def _vips_sniff(data: bytes) -> str | None:
+    """The loader libvips itself picks from the leading bytes (None: no loader claims them)."""
+    import pyvips
+
+    pointer = pyvips.vips_lib.vips_foreign_find_load_buffer(data, len(data))
+    return None if pointer == pyvips.ffi.NULL else pyvips.ffi.string(pointer).decode()
+
+
+def _is_pdf_loader(loader: str) -> bool:
+    name = loader.lower().removeprefix("vipsforeignload")
+    return name.startswith(("pdf", "poppler"))
+
+
+def _image(name: str, operation: str | None, data: bytes) -> Format:
+    """An image for its own loader; without it (pyvips-binary has no jxl, jp2k or magick), any
+    image loader libvips' sniffing finds (a libvips with magick reads PSD), else none."""
+    import pyvips
+
+    if operation and pyvips.type_find("VipsForeign", operation):
+        return Format("image", name, operation)
+    sniffed = _vips_sniff(data)
+    return Format("image", name, sniffed if sniffed and not _is_pdf_loader(sniffed) else None)
+
+
+def _describe_unknown(head: bytes) -> str:
+    for magic, name in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        brand = head[8:12].decode("ascii", "replace").strip()
+        return f"an ISO media file (brand {brand!r}: a video?)"
+    try:  # incremental: a character cut at the end of the sample is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head[:512], final=False)
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text):
+        lowered = text.lstrip("\ufeff \t\r\n").lower()
+        if lowered.startswith(("<!doctype html", "<html")):
+            return "an HTML page"
+        if lowered.startswith("<?xml") or lowered.startswith("<"):
+            return "an XML document (not SVG)"
+        return "plain text"
+    return f"in an unknown format (first bytes {head[:8].hex(' ')})"
+
+
+def sniff(data: bytes) -> Format:
+    """The format the leading bytes name, decided the way libvips decides, before PDF readers.
+
+    A known image signature at offset 0 wins (a JPEG may carry `%PDF-` in a comment); then the
+    loader libvips' own sniffing picks (SVG, and anything else this libvips reads); then a PDF
+    header within the first 1 KiB, as PDF readers accept; anything else is named and refused.
+    """
+    head = data[:PDF_WINDOW]
+    for magic, name, operation in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return _image(name, operation, data)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _image("WebP", "webpload_buffer", data)
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS | _AVIF_BRANDS:
+        return _image("AVIF" if head[8:12] in _AVIF_BRANDS else "HEIF", "heifload_buffer", data)
+    if head.startswith(PDF_MAGIC):
+        return Format("pdf", "PDF")
+    loader = _vips_sniff(data)
+    if loader is not None:
+        if _is_pdf_loader(loader):
+            return Format("pdf", "PDF")
+        name = loader.removeprefix("VipsForeignLoad").removesuffix("Buffer")
+        return Format("image", "SVG" if name == "Svg" else name, loader)
+    if PDF_MAGIC in head:
+        return Format("pdf", "PDF")
+    return Format("unknown", _describe_unknown(head))
 
 
 def _flatten(image: Any) -> Any:
@@ -114,8 +230,9 @@ class PdfDocument:
             self._pdf.close()
 
 
-def open_pdf(data: bytes, *, dpi: float, max_pixels: int) -> PdfDocument:
-    """Open and validate a PDF before anything is written: readable, not encrypted, has pages."""
+def open_pdf(data: bytes, *, dpi: float, max_pixels: int, max_pages: int) -> PdfDocument:
+    """Open and validate a PDF before anything is written: readable, not encrypted, has pages,
+    no more pages than max_pages, and no page over max_pixels."""
     import pypdfium2 as pdfium
 
     try:
@@ -132,6 +249,10 @@ def open_pdf(data: bytes, *, dpi: float, max_pixels: int) -> PdfDocument:
     try:
         if document.pages == 0:
             raise BadInput("the PDF has no pages")
+        if document.pages > max_pages:
+            raise BadInput(
+                f"the PDF has {document.pages:,} pages, over the limit of {max_pages:,} (max_pages)"
+            )
         for index in range(document.pages):
             document.check_size(index)
     except BaseException:
@@ -147,16 +268,18 @@ def _vips_reason(exc: Exception) -> str:
     return (lines[0] if lines else "unknown error")[:200]
 
 
-def load_image(data: bytes, *, max_pixels: int) -> Any:
-    """Decode a whole image (so truncation shows now, not halfway through the tiles)."""
+def load_image(data: bytes, fmt: Format, *, max_pixels: int) -> Any:
+    """Decode a whole image with its format's loader (so truncation shows now, not mid-tiles)."""
     import pyvips
 
-    if not data:
-        raise BadInput("the object is empty (0 bytes)")
+    if fmt.loader is None:
+        raise BadInput(f"the object is in {fmt.name} format, which this libvips cannot read")
     try:
-        image = pyvips.Image.new_from_buffer(data, "", access="random", fail_on="truncated")
-    except pyvips.Error:
-        raise BadInput("not a PDF or an image format libvips can read") from None
+        image = pyvips.Operation.call(
+            fmt.loader, data, string_options="", access="random", fail_on="truncated"
+        )
+    except pyvips.Error as exc:
+        raise BadInput(f"the {fmt.name} image cannot be read: {_vips_reason(exc)}") from None
     if image.width * image.height > max_pixels:
         raise BadInput(
             f"the image has {image.width * image.height:,} pixels ({image.width}x{image.height}), "
