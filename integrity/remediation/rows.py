@@ -124,3 +124,26 @@ def row_matches(values: dict[str, Any]) -> sa.ColumnElement[bool]:
             for c, v in values.items()
         ]
     )
+
+
+def identity_clause(
+    columns: Sequence[str], identities: Sequence[Sequence[Any]], dialect: str
+) -> sa.ColumnElement[bool]:
+    """Rows whose identity columns hold these values (an identity with a NULL part matches none).
+
+    One column is an IN list, several a row-value IN; on SQLite each column's own IN list comes
+    first, so the lookup uses the key's index instead of scanning the table.
+    """
+    if len(columns) == 1:
+        return sa.column(columns[0]).in_([values[0] for values in identities])
+    plain = [tuple(values) for values in identities if all(v is not None for v in values)]
+    if not plain:
+        return sa.false()
+    condition = sa.tuple_(*[sa.column(c) for c in columns]).in_(plain)
+    if dialect == "sqlite":
+        narrow = [
+            sa.column(c).in_(list(dict.fromkeys(values[n] for values in plain)))
+            for n, c in enumerate(columns)
+        ]
+        condition = sa.and_(*narrow, condition)
+    return condition
