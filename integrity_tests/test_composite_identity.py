@@ -58,6 +58,16 @@ tenant_documents = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
+numbered_documents = sa.Table(
+    "numbered_documents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("tenant_id", sa.Text, nullable=False),
+    sa.Column("file_key", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
 tenant_images = sa.Table(
     "tenant_images",
     metadata,
@@ -221,6 +231,42 @@ def test_a_single_id_on_a_per_tenant_key_is_refused_before_anything_is_written(
     )
     assert table_rows(db) == before
     assert "integrity_audit" not in sa.inspect(db).get_table_names()
+
+
+def test_a_single_integer_id_is_matched_as_the_report_spells_it(
+    db: sa.Engine, store: LocalStorage, tmp_path: Path
+) -> None:
+    """Findings carry ids as text; the re-read must still find an integer id (PostgreSQL
+    refuses `integer = character varying`)."""
+    path = tmp_path / "numbered.yaml"
+    path.write_text(
+        SPEC.replace("id: [tenant_id, id]", "id: id").replace(
+            "tenant_documents", "numbered_documents"
+        )
+    )
+    spec = load_spec(path)
+    with db.begin() as conn:
+        for row in (1, 2, 3, 4):
+            key = f"files/org-a/{row}.pdf"
+            if key != MISSING:
+                store.put_bytes(key, b"%PDF-1.4")
+            conn.execute(
+                numbered_documents.insert().values(
+                    id=row, tenant_id="org-a", file_key=key, status="complete", updated_at=BASE
+                )
+            )
+    report = run_reconcile(store, db, spec)
+    assert list(report.findings["row_id"]) == ["1"]
+    result = run_apply(report, db, spec, store)
+    assert (result.counts["marked_error"], result.counts["skipped_changed"]) == (1, 0)
+    with db.connect() as conn:
+        statuses = dict(
+            conn.execute(sa.select(numbered_documents.c.id, numbered_documents.c.status)).all()
+        )
+    assert statuses == {1: "error", 2: "complete", 3: "complete", 4: "complete"}
+    assert rollback(db, result.run_id, dry_run=False, environ=ALLOW).counts["restored"] == 1
+    with db.connect() as conn:
+        assert set(conn.execute(sa.select(numbered_documents.c.status)).scalars()) == {"complete"}
 
 
 def test_the_cli_shows_the_row_and_applies_to_it(

@@ -132,18 +132,25 @@ def identity_clause(
     """Rows whose identity columns hold these values (an identity with a NULL part matches none).
 
     One column is an IN list, several a row-value IN; on SQLite each column's own IN list comes
-    first, so the lookup uses the key's index instead of scanning the table.
+    first, so the lookup uses the key's index instead of scanning the table. The values are the
+    identities' text, bound untyped so that the database compares them with an integer id too.
     """
     if len(columns) == 1:
-        return sa.column(columns[0]).in_([values[0] for values in identities])
+        return sa.column(columns[0]).in_(raw_list([values[0] for values in identities]))
     plain = [tuple(values) for values in identities if all(v is not None for v in values)]
     if not plain:
         return sa.false()
     condition = sa.tuple_(*[sa.column(c) for c in columns]).in_(plain)
     if dialect == "sqlite":
         narrow = [
-            sa.column(c).in_(list(dict.fromkeys(values[n] for values in plain)))
+            sa.column(c).in_(raw_list(list(dict.fromkeys(values[n] for values in plain))))
             for n, c in enumerate(columns)
         ]
         condition = sa.and_(*narrow, condition)
     return condition
+
+
+def raw_list(values: Sequence[Any]) -> sa.BindParameter[Any]:
+    """A list for IN, bound untyped like `raw` (a typed text list fails on an integer column in
+    PostgreSQL: `operator does not exist: integer = character varying`)."""
+    return sa.bindparam(None, list(values), expanding=True, type_=sa.types.NullType())
