@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from integrity import cli, identity, settings
 from integrity.checks import finding_examples
 from integrity.diff import DiffOptions, ReconciliationReport
-from integrity.errors import SpecError
+from integrity.errors import DatabaseError, SpecError
 from integrity.processing import state
 from integrity.reconcile import reconcile
 from integrity.remediation import RemediationOptions, remediate
@@ -67,6 +67,11 @@ numbered_documents = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+loose_documents = sa.Table(  # no declared key: nothing tells that ids repeat across tenants
+    "loose_documents",
+    metadata,
+    *[sa.Column(c.name, c.type, nullable=c.nullable) for c in tenant_documents.columns],
 )
 tenant_images = sa.Table(
     "tenant_images",
@@ -231,6 +236,36 @@ def test_a_single_id_on_a_per_tenant_key_is_refused_before_anything_is_written(
     )
     assert table_rows(db) == before
     assert "integrity_audit" not in sa.inspect(db).get_table_names()
+
+
+def test_rows_sharing_an_id_no_key_declares_stop_the_batch_with_one_line(
+    db: sa.Engine, store: LocalStorage, tmp_path: Path
+) -> None:
+    path = tmp_path / "loose.yaml"
+    path.write_text(
+        SPEC.replace("id: [tenant_id, id]", "id: id").replace(
+            "table: tenant_documents", "table: loose_documents"
+        )
+    )
+    spec = load_spec(path)
+    plant(db, store)
+    with db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO loose_documents SELECT * FROM tenant_documents"))
+        conn.execute(sa.text("DELETE FROM tenant_documents"))
+    report = run_reconcile(store, db, spec)
+    assert list(report.findings["row_id"]) == ["1"]
+    with db.connect() as conn:
+        before = sorted(tuple(r) for r in conn.execute(sa.select(loose_documents)))
+    with pytest.raises(DatabaseError) as stopped:
+        run_apply(report, db, spec, store)
+    assert str(stopped.value).startswith(
+        "batch 1 of 1 (mark_error on loose_documents) was not applied: more than one row of "
+        "loose_documents has the id 1 (id), so a write would change them all; name every "
+        "column that identifies a row in the spec's id, e.g. id: [tenant_id, id]."
+    )
+    with db.connect() as conn:
+        assert sorted(tuple(r) for r in conn.execute(sa.select(loose_documents))) == before
+        assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one() == 0
 
 
 def test_a_single_integer_id_is_matched_as_the_report_spells_it(

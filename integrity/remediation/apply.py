@@ -56,6 +56,7 @@ from integrity.remediation.rows import (
     batch_transaction,
     identity_clause,
     match_rows,
+    rows_by_identity,
     same_value,
 )
 from integrity.spec import ReconciliationSpec
@@ -227,24 +228,27 @@ def _inspect_columns(
 def _check_identity(
     inspector: sa.Inspector, table: str, keys: Sequence[str], spec_path: str
 ) -> None:
-    """Refuse an id that does not pick out one row: one conditional write would change every
-    row sharing it (two tenants' rows `1`), and the batch could never be applied."""
+    """Refuse an id that is only part of the table's key (`id` of a primary key (tenant_id, id)):
+    one conditional write would change every row sharing it, and the batch could never apply.
+    An id no declared key mentions is left to the read before each write (rows.AmbiguousRows)."""
     schema, name = split_table_name(table)
     pk = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
-    uniques = [pk] if pk else []
-    uniques += [u["column_names"] for u in inspector.get_unique_constraints(name, schema=schema)]
-    uniques += [
+    declared = [pk] if pk else []
+    declared += [u["column_names"] for u in inspector.get_unique_constraints(name, schema=schema)]
+    declared += [
         i["column_names"] for i in inspector.get_indexes(name, schema=schema) if i["unique"]
     ]
-    uniques = [u for u in uniques if u and all(isinstance(c, str) for c in u)]
-    if not uniques or any(set(u) <= set(keys) for u in uniques):
-        return  # no declared key to judge by (a view, a table without one), or one is covered
+    declared = [d for d in declared if d and all(isinstance(c, str) for c in d)]
+    if any(set(d) <= set(keys) for d in declared):
+        return
+    wider = next((d for d in declared if set(keys) < set(d)), None)
+    if wider is None:
+        return
     spelled = keys[0] if len(keys) == 1 else "[" + ", ".join(keys) + "]"
-    key = uniques[0]
     raise SpecError(
         f"{spec_path}.id: {spelled} does not identify one row of table {table!r}, whose "
-        f"{'primary key' if key == pk else 'unique key'} is ({', '.join(key)}): rows "
-        f"sharing it would be changed together; set id: [{', '.join(key)}]"
+        f"{'primary key' if wider == pk else 'unique key'} is ({', '.join(wider)}): rows "
+        f"sharing it would be changed together; set id: [{', '.join(wider)}]"
     )
 
 
@@ -446,10 +450,7 @@ def _read_current(
     )
     if not ctx.options.dry_run:
         query = query.with_for_update()
-    current: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(query).mappings():
-        current[cols.identity(row)] = dict(row)
-    return current
+    return rows_by_identity(conn.execute(query).mappings(), cols.keys, cols.table)
 
 
 def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) -> bool:

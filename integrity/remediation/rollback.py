@@ -42,6 +42,7 @@ from integrity.remediation.rows import (
     identity_clause,
     raw,
     row_matches,
+    rows_by_identity,
     same_value,
 )
 
@@ -187,10 +188,7 @@ def _restore(
     )
     if not dry_run:
         query = query.with_for_update()
-    current = {
-        identity.encode([r[c] for c in key_columns]): dict(r)
-        for r in conn.execute(query).mappings()
-    }
+    current = rows_by_identity(conn.execute(query).mappings(), key_columns, table)
     done_ids: list[int] = []
     records: list[dict[str, Any]] = []
     for record_id, key, before, after in zip(

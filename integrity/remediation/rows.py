@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
+from integrity import identity
 from integrity.inventory import db_error_reason, is_transient
 from integrity.remediation.ledger import lock_batch
 
@@ -30,6 +31,10 @@ class RowConflict(Exception):
 
 class BatchNotApplied(Exception):
     """A batch was rolled back after its attempts; the message is the reason, one line."""
+
+
+class AmbiguousRows(Exception):
+    """Several rows share one identity, so a write meant for one would change them all."""
 
 
 def batch_transaction(
@@ -58,6 +63,8 @@ def batch_transaction(
                     lock_batch(conn, run_id)
                     work(conn, counts)
             return counts
+        except AmbiguousRows as exc:  # the same rows every time: no attempt can help
+            raise BatchNotApplied(str(exc)) from None
         except (RowConflict, sa.exc.IntegrityError) as exc:
             if attempt < BATCH_ATTEMPTS:
                 continue
@@ -154,3 +161,21 @@ def raw_list(values: Sequence[Any]) -> sa.BindParameter[Any]:
     """A list for IN, bound untyped like `raw` (a typed text list fails on an integer column in
     PostgreSQL: `operator does not exist: integer = character varying`)."""
     return sa.bindparam(None, list(values), expanding=True, type_=sa.types.NullType())
+
+
+def rows_by_identity(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], table: str
+) -> dict[str | None, dict[str, Any]]:
+    """Rows read back by identity, keyed as findings and audit records spell it; raises
+    AmbiguousRows when two rows share one (the id names only part of the table's key)."""
+    found: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        key = identity.encode([row[c] for c in columns])
+        if key in found:
+            raise AmbiguousRows(
+                f"more than one row of {table} has the id {key} ({', '.join(columns)}), so a "
+                "write would change them all; name every column that identifies a row in the "
+                "spec's id, e.g. id: [tenant_id, id]"
+            )
+        found[key] = dict(row)
+    return found
