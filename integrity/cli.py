@@ -924,6 +924,8 @@ def format_summary(
         for ex in picked:
             what = ex["key"] or ex["row_id"] or ""
             row = f" [{ex['row_id']}]" if ex["row_id"] and ex["row_id"] != ex["key"] else ""
+            if row.startswith(" [["):  # a composite row id is a JSON array already
+                row = f" {ex['row_id']}"
             lines.append(
                 f"  {ex['kind']:<{width}}  {_short(what, 60, tail=True)}{row}  {_short(ex['detail'], 70)}"
             )

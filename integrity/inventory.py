@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from integrity.database import split_table_name, table_clause
 from integrity.errors import DatabaseError, SpecError, StorageError
+from integrity.identity import encode_frame
 from integrity.keys import like_escape, resolve_references
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
@@ -312,17 +313,33 @@ class _Read:
     columns: dict[str, tuple[str, str]]  # canonical -> (db column, type: text|int|timestamp)
     where: sa.ColumnElement[bool] | None
     spec_path: str
+    identity: tuple[str, ...] = ()
+    """Canonical names of a composite identity's parts, combined into `row_id` after the read."""
+
+    def frame(self, table: pa.Table) -> pd.DataFrame:
+        frame = table.to_pandas()
+        if not self.identity:
+            return frame
+        row_id = encode_frame([frame[part] for part in self.identity])
+        frame = frame.drop(columns=list(self.identity))
+        frame.insert(0, "row_id", row_id)
+        return frame
 
 
 def _reads(spec: ReconciliationSpec, tenant: str | None) -> list[_Read]:
     reads: list[_Read] = []
     for name, t in spec.tables.items():
-        columns = {
-            "row_id": (t.id, "text"),
-            "tenant": (t.tenant, "text"),
-            "status": (t.status, "text"),
-            "updated_at": (t.updated_at, "timestamp"),
-        }
+        ids = t.id_columns
+        # A composite identity is read part by part and encoded into row_id (integrity.identity).
+        identity = tuple(f"row_id.{i}" for i in range(len(ids))) if len(ids) > 1 else ()
+        columns = {part: (c, "text") for part, c in zip(identity or ("row_id",), ids)}
+        columns.update(
+            {
+                "tenant": (t.tenant, "text"),
+                "status": (t.status, "text"),
+                "updated_at": (t.updated_at, "timestamp"),
+            }
+        )
         for ref in t.references:
             columns[ref.column] = (ref.column, "text")
         where = None
@@ -333,7 +350,7 @@ def _reads(spec: ReconciliationSpec, tenant: str | None) -> list[_Read]:
                 # An upload under the tenant's prefix belongs to the tenant whatever its row says.
                 prefix = like_escape(uploads.prefix.format(tenant=tenant)) + "%"
                 where = sa.or_(where, sa.column(uploads.processed_column).like(prefix, escape="\\"))
-        reads.append(_Read(name, t.table, columns, where, f"tables.{name}"))
+        reads.append(_Read(name, t.table, columns, where, f"tables.{name}", identity))
     if spec.jobs is not None:
         j = spec.jobs
         where = None
@@ -417,7 +434,9 @@ def check_database(engine: sa.Engine, spec: ReconciliationSpec) -> None:
             for canonical, (column, _) in read.columns.items():
                 if column not in present:
                     field_name = (
-                        canonical if canonical in ("row_id", "tenant", "status") else column
+                        canonical.split(".")[0]
+                        if canonical.split(".")[0] in ("row_id", "tenant", "status")
+                        else column
                     )
                     raise SpecError(
                         f"{read.spec_path}: column {column!r} ({field_name}) not found in table {read.table!r}"
@@ -468,7 +487,7 @@ def read_database(
                         )
                         if on_progress is not None:
                             on_progress("rows", len(rows))
-                tables[read.name] = pa.Table.from_batches(batches, schema=schema).to_pandas()
+                tables[read.name] = read.frame(pa.Table.from_batches(batches, schema=schema))
                 break
             except sa.exc.DBAPIError as exc:
                 if attempt < attempts and (exc.connection_invalidated or is_transient(exc)):
@@ -478,7 +497,7 @@ def read_database(
                 errors.append(
                     f"reading {read.spec_path} ({read.table}) failed after {attempt} attempts: {reason}"
                 )
-                tables[read.name] = schema.empty_table().to_pandas()
+                tables[read.name] = read.frame(schema.empty_table())
                 break
     return DatabaseInventory(
         tables=tables, complete=not errors, errors=errors, seconds=time.perf_counter() - started

@@ -119,11 +119,32 @@ class ReferenceSpec(_Model):
         return self.message or DEFAULT_MESSAGES[self.kind]
 
 
+def _identity(value: object) -> str | list[str]:
+    """A row identity: one column, or a list of columns that together pick out one row."""
+    if isinstance(value, str):
+        return _identifier(value)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"must be a column name or a list of column names (like [tenant_id, id]), not {value!r}"
+        )
+    if not value:
+        raise ValueError("must name at least one column, not an empty list")
+    columns = [_identifier(v) for v in value]
+    repeated = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+    if repeated is not None:
+        raise ValueError(f"names {repeated!r} twice; each identity column once")
+    return columns[0] if len(columns) == 1 else columns
+
+
 class TableSpec(_Model):
     """A table whose rows reference objects in storage."""
 
     table: str
-    id: str = "id"
+    id: str | list[str] = Field(
+        default="id",
+        description="The column that identifies a row, or the columns that do together "
+        "(`[tenant_id, id]` when ids are unique only per tenant).",
+    )
     tenant: str
     status: str = "status"
     updated_at: str = "updated_at"
@@ -132,10 +153,20 @@ class TableSpec(_Model):
     skip_statuses: list[str] = Field(default_factory=lambda: ["error"])
     references: list[ReferenceSpec] = Field(min_length=1)
 
-    @field_validator("table", "id", "tenant", "status", "updated_at", "error")
+    @field_validator("table", "tenant", "status", "updated_at", "error")
     @classmethod
     def _identifiers(cls, v: str | None) -> str | None:
         return None if v is None else _identifier(v)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, v: object) -> str | list[str]:
+        return _identity(v)
+
+    @property
+    def id_columns(self) -> tuple[str, ...]:
+        """The identity columns, in the spec's order (one for a plain id)."""
+        return (self.id,) if isinstance(self.id, str) else tuple(self.id)
 
 
 class UploadsSpec(_Model):
@@ -426,6 +457,16 @@ class ReconciliationSpec(_Model):
                 raise ValueError(
                     f"uploads.processed_column: {self.uploads.processed_column!r} is not a reference "
                     f"column of tables.{self.uploads.processed_table}"
+                )
+            generated = [c for c in table.id_columns if c != table.tenant]
+            if len(table.id_columns) > 1 and len(generated) != 1:
+                # The processor creates the row of a processed upload: the tenant is known, and
+                # one id column gets a generated id; any other column it could not fill.
+                raise ValueError(
+                    f"tables.{self.uploads.processed_table}.id: a composite id of "
+                    "uploads.processed_table must be its tenant column "
+                    f"({table.tenant!r}) and one other column, because the processor creates "
+                    f"its rows and can fill only those, not {list(table.id_columns)}"
                 )
         return self
 

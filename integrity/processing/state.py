@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from integrity import identity
 from integrity.database import split_table_name, table_clause
 from integrity.keys import like_escape, parse_reference
 from integrity.spec import JobsSpec, PlansSpec, ReconciliationSpec, TableSpec
@@ -198,7 +199,9 @@ def _write_document(
     updated = conn.execute(sa.update(t).where(t.c[column] == key).values(values)).rowcount
     if updated:
         return
-    values.update({table.id: document_id(key), table.tenant: tenant, column: key})
+    # A composite id is the tenant and one other column (the spec checks it): that one gets the id.
+    values.update({c: document_id(key) for c in table.id_columns})
+    values.update({table.tenant: tenant, column: key})
     if "created_at" in present:
         values["created_at"] = now
     conn.execute(sa.insert(table_clause(table.table, _typed(values))).values(values))
@@ -378,9 +381,15 @@ def derivative_tables(spec: ReconciliationSpec) -> list[DerivativeTable]:
 @dataclass(frozen=True)
 class ImageRow:
     table: DerivativeTable
-    id: Any
+    key: dict[str, Any]
+    """The identity columns' values, raw: all of them pick out the row."""
     status: str
     staged: str | None
+
+    @property
+    def id(self) -> str | None:
+        """The row's identity as reports spell it (integrity.identity)."""
+        return identity.encode(list(self.key.values()))
 
 
 def find_image_rows(
@@ -398,18 +407,20 @@ def find_image_rows(
     found: list[ImageRow] = []
     for d in derivative_tables(spec):
         tbl = d.table
-        t = table_clause(tbl.table, [tbl.id, tbl.status, d.original, d.staged])
+        ids = list(tbl.id_columns)
+        t = table_clause(tbl.table, list(dict.fromkeys([*ids, tbl.status, d.original, d.staged])))
         rows = conn.execute(
-            sa.select(t.c[tbl.id], t.c[tbl.status], t.c[d.original], t.c[d.staged]).where(
-                sa.or_(*[t.c[d.original].like(p, escape="\\") for p in sorted(patterns)])
-            )
+            sa.select(
+                *[t.c[c] for c in ids], t.c[tbl.status], t.c[d.original], t.c[d.staged]
+            ).where(sa.or_(*[t.c[d.original].like(p, escape="\\") for p in sorted(patterns)]))
         ).all()
-        for row_id, status, original, staged in rows:
+        for row in rows:
+            status, original, staged = row[len(ids) :]
             parsed = parse_reference(original, bucket)
             if parsed is None or (parsed.bucket not in (None, bucket)):
                 continue
             if key in (parsed.key, parsed.alternative):
-                found.append(ImageRow(d, row_id, status, staged))
+                found.append(ImageRow(d, dict(zip(ids, row[: len(ids)])), status, staged))
     return found
 
 
@@ -430,11 +441,10 @@ def set_staged(engine: sa.Engine, row: ImageRow, staged_key: str, now: datetime)
     }
     if tbl.error:
         values[tbl.error] = None
-    t = table_clause(tbl.table, [tbl.id, *_typed(values)])
+    t = table_clause(tbl.table, [*row.key, *_typed(values)])
+    same_row = [t.c[c] == v for c, v in row.key.items()]
     with engine.begin() as conn:
         result = conn.execute(
-            sa.update(t)
-            .where(t.c[tbl.id] == row.id, t.c[tbl.status].not_in(tbl.skip_statuses))
-            .values(values)
+            sa.update(t).where(*same_row, t.c[tbl.status].not_in(tbl.skip_statuses)).values(values)
         )
     return result.rowcount == 1

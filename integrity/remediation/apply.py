@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from integrity import identity
 from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
@@ -53,7 +54,9 @@ from integrity.remediation.rows import (
     BatchNotApplied,
     RowConflict,
     batch_transaction,
+    identity_clause,
     match_rows,
+    rows_by_identity,
     same_value,
 )
 from integrity.spec import ReconciliationSpec
@@ -144,15 +147,26 @@ class _TableColumns:
     """A table's columns that remediation reads and writes, and whether its timestamps carry a zone."""
 
     table: str
-    key: str
+    keys: tuple[str, ...]
+    """The identity columns: one, or several that together pick out a row (integrity.identity)."""
     status: str
     updated_at: str
     other: tuple[str, ...]
     aware: frozenset[str]
 
     @property
+    def key(self) -> str:
+        """The identity column of a table identified by one column (the jobs table)."""
+        (key,) = self.keys
+        return key
+
+    @property
     def read(self) -> list[str]:
-        return [self.key, self.status, self.updated_at, *self.other]
+        return [*self.keys, self.status, self.updated_at, *self.other]
+
+    def identity(self, row: dict[str, Any]) -> str | None:
+        """The row's identity as findings and audit records spell it."""
+        return identity.encode([row[c] for c in self.keys])
 
     def now(self, column: str, now: datetime) -> datetime:
         return now if column in self.aware else now.replace(tzinfo=None)
@@ -177,15 +191,21 @@ class _Context:
 def _inspect_columns(
     engine: sa.Engine,
     table: str,
-    key: str,
+    keys: Sequence[str],
     status: str,
     updated_at: str,
     other: Iterable[str | None],
+    *,
+    spec_path: str | None = None,
 ) -> _TableColumns:
-    wanted = [key, status, updated_at, *[c for c in other if c]]
+    other = [c for c in other if c]
+    wanted = [*keys, status, updated_at, *other]
     schema, name = split_table_name(table)
     try:
-        found = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns(name, schema=schema)}
+        inspector = sa.inspect(engine)
+        found = {c["name"]: c["type"] for c in inspector.get_columns(name, schema=schema)}
+        if spec_path is not None and set(keys) <= set(found):
+            _check_identity(inspector, table, keys, spec_path)
     except sa.exc.NoSuchTableError:
         raise SpecError(f"table {table!r} not found in {safe_url(engine.url)}") from None
     except sa.exc.SQLAlchemyError as exc:
@@ -202,7 +222,34 @@ def _inspect_columns(
         for c in wanted
         if isinstance(found[c], sa.DateTime) and getattr(found[c], "timezone", False)
     }
-    return _TableColumns(table, key, status, updated_at, tuple(wanted[3:]), frozenset(aware))
+    return _TableColumns(table, tuple(keys), status, updated_at, tuple(other), frozenset(aware))
+
+
+def _check_identity(
+    inspector: sa.Inspector, table: str, keys: Sequence[str], spec_path: str
+) -> None:
+    """Refuse an id that is only part of the table's key (`id` of a primary key (tenant_id, id)):
+    one conditional write would change every row sharing it, and the batch could never apply.
+    An id no declared key mentions is left to the read before each write (rows.AmbiguousRows)."""
+    schema, name = split_table_name(table)
+    pk = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    declared = [pk] if pk else []
+    declared += [u["column_names"] for u in inspector.get_unique_constraints(name, schema=schema)]
+    declared += [
+        i["column_names"] for i in inspector.get_indexes(name, schema=schema) if i["unique"]
+    ]
+    declared = [d for d in declared if d and all(isinstance(c, str) for c in d)]
+    if any(set(d) <= set(keys) for d in declared):
+        return
+    wider = next((d for d in declared if set(keys) < set(d)), None)
+    if wider is None:
+        return
+    spelled = keys[0] if len(keys) == 1 else "[" + ", ".join(keys) + "]"
+    raise SpecError(
+        f"{spec_path}.id: {spelled} does not identify one row of table {table!r}, whose "
+        f"{'primary key' if wider == pk else 'unique key'} is ({', '.join(wider)}): rows "
+        f"sharing it would be changed together; set id: [{', '.join(wider)}]"
+    )
 
 
 def _columns_for(
@@ -214,16 +261,22 @@ def _columns_for(
         if table in columns:
             continue
         if action == "mark_error":
-            t = _table_spec(spec, table)
+            name, t = _table_spec(spec, table, named=True)
             columns[table] = _inspect_columns(
-                engine, table, t.id, t.status, t.updated_at, [t.error]
+                engine,
+                table,
+                t.id_columns,
+                t.status,
+                t.updated_at,
+                [t.error],
+                spec_path=f"tables.{name}",
             )
         elif action in ("requeue", "retry"):
             j = spec.jobs
             if j is None:
                 raise SpecError("jobs: the spec has no jobs table, so nothing can be re-queued")
             columns[table] = _inspect_columns(
-                engine, table, j.key, j.status, j.updated_at, [j.attempts, j.error]
+                engine, table, [j.key], j.status, j.updated_at, [j.attempts, j.error]
             )
         elif action == "fix_progress":
             p = spec.plans
@@ -232,7 +285,7 @@ def _columns_for(
             columns[table] = _inspect_columns(
                 engine,
                 table,
-                p.id,
+                [p.id],
                 p.status,
                 p.updated_at,
                 [p.completed, p.total, p.completed_at, p.reconciled, p.reconciled_at],
@@ -240,10 +293,10 @@ def _columns_for(
     return columns
 
 
-def _table_spec(spec: ReconciliationSpec, table: str):
-    for t in spec.tables.values():
+def _table_spec(spec: ReconciliationSpec, table: str, *, named: bool = False):
+    for name, t in spec.tables.items():
         if t.table == table:
-            return t
+            return (name, t) if named else t
     raise SpecError(f"table {table!r} of the report is not in the spec")
 
 
@@ -387,18 +440,17 @@ def _recheck_storage(ctx: _Context, batch: pd.DataFrame, action: str) -> pd.Data
 def _read_current(
     ctx: _Context, conn: sa.Connection, cols: _TableColumns, keys: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """The batch's rows as they are now, raw, locked for update where the database can."""
+    """The batch's rows as they are now, raw, locked for update where the database can; by
+    identity, as findings spell it (integrity.identity)."""
+    identities = [identity.decode(k, len(cols.keys)) for k in keys]
     query = (
         sa.select(*[sa.column(c) for c in cols.read])
         .select_from(table_clause(cols.table))
-        .where(sa.column(cols.key).in_(list(keys)))
+        .where(identity_clause(cols.keys, [i for i in identities if i], conn.dialect.name))
     )
     if not ctx.options.dry_run:
         query = query.with_for_update()
-    current: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(query).mappings():
-        current[str(row[cols.key])] = dict(row)
-    return current
+    return rows_by_identity(conn.execute(query).mappings(), cols.keys, cols.table)
 
 
 def _unchanged(cols: _TableColumns, finding: Any, row: dict[str, Any] | None) -> bool:
@@ -425,13 +477,14 @@ def _update(
     if not rows:
         return
     condition = match_rows(
-        [cols.key, cols.status, cols.updated_at],
-        [(r[cols.key], r[cols.status], r[cols.updated_at]) for r in rows],
+        [*cols.keys, cols.status, cols.updated_at],
+        [(*[r[k] for k in cols.keys], r[cols.status], r[cols.updated_at]) for r in rows],
     )
     if conn.dialect.name == "sqlite":
-        # SQLite scans the whole table for a row-value IN (VALUES ...); the key list lets it use
+        # SQLite scans the whole table for a row-value IN (VALUES ...); the key lists let it use
         # the primary key (PostgreSQL plans the row values well and is slower with both).
-        condition = sa.and_(sa.column(cols.key).in_([r[cols.key] for r in rows]), condition)
+        narrow = [sa.column(k).in_([r[k] for r in rows]) for k in cols.keys]
+        condition = sa.and_(*narrow, condition)
     statement = sa.update(table_clause(cols.table, values)).where(condition).values(values)
     if conn.execute(statement).rowcount != len(rows):
         raise RowConflict()
@@ -463,7 +516,7 @@ def _change(
         "action": action,
         "kind": finding.kind,
         "table_name": cols.table,
-        "key_column": cols.key,
+        "key_column": identity.encode_columns(cols.keys),
         "row_key": str(row_key),
         "object_key": finding.key,
         "before": dump_values(before),
@@ -519,7 +572,12 @@ def _mark_error(
             ctx,
             [
                 _change(
-                    "mark_error", finding, cols, row[cols.key], {c: row[c] for c in after}, after
+                    "mark_error",
+                    finding,
+                    cols,
+                    cols.identity(row),
+                    {c: row[c] for c in after},
+                    after,
                 )
                 for finding, row in items
             ],
@@ -678,7 +736,9 @@ def _fix_progress(
         _update(conn, cols, [row for _, row in items], _bound(cols, after))
         for finding, row in items:
             before = {c: row[c] for c in after}
-            records.append(_change("fix_progress", finding, cols, row[cols.key], before, after))
+            records.append(
+                _change("fix_progress", finding, cols, cols.identity(row), before, after)
+            )
     _audit(conn, ctx, records)
 
 

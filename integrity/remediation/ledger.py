@@ -60,6 +60,7 @@ audit = sa.Table(
     sa.Column("action", sa.String(32), nullable=False),
     sa.Column("kind", sa.String(64)),
     sa.Column("table_name", sa.Text, nullable=False),
+    # the identity column, or a JSON array of them, and the row's identity (integrity.identity)
     sa.Column("key_column", sa.Text, nullable=False),
     sa.Column("row_key", sa.Text, nullable=False),
     sa.Column("object_key", sa.Text),

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from integrity import identity
 from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
@@ -41,8 +42,10 @@ from integrity.remediation.rows import (
     BatchNotApplied,
     RowConflict,
     batch_transaction,
+    identity_clause,
     raw,
     row_matches,
+    rows_by_identity,
     same_value,
 )
 
@@ -193,15 +196,17 @@ def _restore(
     befores = [load_values(r["before"]) for r in chunk]
     afters = [load_values(r["after"]) for r in chunk]
     columns = sorted({c for values in befores + afters if values for c in values})
+    key_columns = identity.decode_columns(key_column)
     keys = list(dict.fromkeys(r["row_key"] for r in chunk))
+    identities = [identity.decode(k, len(key_columns)) for k in keys]
     query = (
-        sa.select(sa.column(key_column), *[sa.column(c) for c in columns])
+        sa.select(*[sa.column(c) for c in dict.fromkeys([*key_columns, *columns])])
         .select_from(table_clause(table))
-        .where(sa.column(key_column).in_(list(keys)))
+        .where(identity_clause(key_columns, [i for i in identities if i], conn.dialect.name))
     )
     if not dry_run:
         query = query.with_for_update()
-    current = {str(r[key_column]): dict(r) for r in conn.execute(query).mappings()}
+    current = rows_by_identity(conn.execute(query).mappings(), key_columns, table)
     done_ids: list[int] = []
     records: list[dict[str, Any]] = []
     for record_id, key, before, after in zip(
@@ -224,7 +229,7 @@ def _restore(
         if dry_run:
             counts["removed" if before is None else "restored"] += 1
             continue
-        condition = row_matches({key_column: row[key_column], **raw_now})
+        condition = row_matches({**{c: row[c] for c in key_columns}, **raw_now})
         if before is None:
             statement = sa.delete(table_clause(table)).where(condition)
             counts["removed"] += 1

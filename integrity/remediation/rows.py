@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
+from integrity import identity
 from integrity.inventory import db_error_reason, is_transient
 from integrity.remediation.ledger import lock_batch
 
@@ -30,6 +31,10 @@ class RowConflict(Exception):
 
 class BatchNotApplied(Exception):
     """A batch was rolled back after its attempts; the message is the reason, one line."""
+
+
+class AmbiguousRows(Exception):
+    """Several rows share one identity, so a write meant for one would change them all."""
 
 
 def batch_transaction(
@@ -58,6 +63,8 @@ def batch_transaction(
                     lock_batch(conn, run_id)
                     work(conn, counts)
             return counts
+        except AmbiguousRows as exc:  # the same rows every time: no attempt can help
+            raise BatchNotApplied(str(exc)) from None
         except (RowConflict, sa.exc.IntegrityError) as exc:
             if attempt < BATCH_ATTEMPTS:
                 continue
@@ -124,3 +131,51 @@ def row_matches(values: dict[str, Any]) -> sa.ColumnElement[bool]:
             for c, v in values.items()
         ]
     )
+
+
+def identity_clause(
+    columns: Sequence[str], identities: Sequence[Sequence[Any]], dialect: str
+) -> sa.ColumnElement[bool]:
+    """Rows whose identity columns hold these values (an identity with a NULL part matches none).
+
+    One column is an IN list, several a row-value IN; on SQLite each column's own IN list comes
+    first, so the lookup uses the key's index instead of scanning the table. The values are the
+    identities' text, bound untyped so that the database compares them with an integer id too.
+    """
+    if len(columns) == 1:
+        return sa.column(columns[0]).in_(raw_list([values[0] for values in identities]))
+    plain = [tuple(values) for values in identities if all(v is not None for v in values)]
+    if not plain:
+        return sa.false()
+    condition = sa.tuple_(*[sa.column(c) for c in columns]).in_(plain)
+    if dialect == "sqlite":
+        narrow = [
+            sa.column(c).in_(raw_list(list(dict.fromkeys(values[n] for values in plain))))
+            for n, c in enumerate(columns)
+        ]
+        condition = sa.and_(*narrow, condition)
+    return condition
+
+
+def raw_list(values: Sequence[Any]) -> sa.BindParameter[Any]:
+    """A list for IN, bound untyped like `raw` (a typed text list fails on an integer column in
+    PostgreSQL: `operator does not exist: integer = character varying`)."""
+    return sa.bindparam(None, list(values), expanding=True, type_=sa.types.NullType())
+
+
+def rows_by_identity(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], table: str
+) -> dict[str | None, dict[str, Any]]:
+    """Rows read back by identity, keyed as findings and audit records spell it; raises
+    AmbiguousRows when two rows share one (the id names only part of the table's key)."""
+    found: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        key = identity.encode([row[c] for c in columns])
+        if key in found:
+            raise AmbiguousRows(
+                f"more than one row of {table} has the id {key} ({', '.join(columns)}), so a "
+                "write would change them all; name every column that identifies a row in the "
+                "spec's id, e.g. id: [tenant_id, id]"
+            )
+        found[key] = dict(row)
+    return found
