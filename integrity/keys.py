@@ -220,9 +220,9 @@ def key_problems(keys: pd.Series, backend: str) -> pd.Series:
     The rules run vectorised over the whole column; only the few keys they flag are looked at
     one by one, for the reason.
     """
-    out = pd.Series(None, index=keys.index, dtype=object)
+    out = np.full(len(keys), None, dtype=object)
     if keys.empty:
-        return out
+        return pd.Series(out, index=keys.index, dtype=object)
     array = pa.array(keys, type=pa.string(), from_pandas=True)
     size = pc.binary_length(array)
     suspect = pc.equal(size, 0)
@@ -244,10 +244,9 @@ def key_problems(keys: pd.Series, backend: str) -> pd.Series:
             suspect = pc.or_(suspect, flagged)
     else:
         raise ValueError(f"unknown storage backend {backend!r} (one of {', '.join(BACKENDS)})")
-    positions = np.flatnonzero(suspect.fill_null(False).to_numpy(zero_copy_only=False))
-    for pos in positions:
-        out.iat[pos] = key_problem(keys.iat[pos], backend)
-    return out
+    for pos in np.flatnonzero(suspect.fill_null(False).to_numpy(zero_copy_only=False)):
+        out[pos] = key_problem(keys.iat[pos], backend)
+    return pd.Series(out, index=keys.index, dtype=object)
 
 
 def usable_references(values: pd.Series, bucket: str, backend: str) -> pd.DataFrame:
