@@ -32,6 +32,10 @@ _VIRTUAL_HOSTED = (
 
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 _CONTROL = re.compile(CONTROL_CHARACTERS)
+# A URL, a '%', a leading '/' or a control character: values the parser must look at.
+_NEEDS_PARSER = "://|%|^/|" + CONTROL_CHARACTERS
+# What may make a key unusable in a directory (judged exactly, one by one, when it matches).
+_LOCAL_SUSPECT = r"^/|/$|//|(^|/)\.\.?(/|$)|\x00"
 
 S3_MAX_KEY_BYTES = 1024
 LOCAL_MAX_NAME_BYTES = 255
@@ -134,15 +138,16 @@ def resolve_references(values: pd.Series, bucket: str) -> pd.DataFrame:
     problems = np.full(len(text), None, dtype=object)
     if len(values):
         as_str = values.astype("str")
+        # One pass of the regex engine over the column finds what needs the parser.
+        needs_parser = pc.match_substring_regex(
+            pa.array(as_str, type=pa.string(), from_pandas=True), _NEEDS_PARSER
+        )
         simple = (
-            values.notna()
-            & ~as_str.str.contains("://", regex=False)
-            & ~as_str.str.contains("%", regex=False)
-            & ~as_str.str.startswith("/")
-            & (as_str.str.strip() == as_str)
-            & (as_str != "")
-            & ~as_str.str.contains(CONTROL_CHARACTERS, regex=True)
-        ).to_numpy(dtype=bool)
+            values.notna().to_numpy(dtype=bool)
+            & ~needs_parser.fill_null(True).to_numpy(zero_copy_only=False)
+            & (as_str.str.strip() == as_str).to_numpy(dtype=bool)
+            & (as_str != "").to_numpy(dtype=bool)
+        )
         for pos in np.flatnonzero(~simple):
             parsed = parse_reference(text[pos], bucket)
             if parsed is None:
@@ -229,19 +234,17 @@ def key_problems(keys: pd.Series, backend: str) -> pd.Series:
     if backend == "s3":
         suspect = pc.or_(suspect, pc.greater(size, S3_MAX_KEY_BYTES))
     elif backend == "local":
-        for flagged in (
-            pc.match_substring(array, "\x00"),
-            pc.starts_with(array, "/"),
-            pc.ends_with(array, "/"),
-            pc.match_substring(array, "//"),
-            pc.match_substring_regex(array, r"(^|/)\.\.?(/|$)"),
-            # A segment over 255 bytes has at least 64 characters (4 bytes each at most).
-            pc.and_(
-                pc.greater(size, LOCAL_MAX_NAME_BYTES),
-                pc.match_substring_regex(array, "[^/]{64,}"),
-            ),
-        ):
-            suspect = pc.or_(suspect, flagged)
+        suspect = pc.or_(suspect, pc.match_substring_regex(array, _LOCAL_SUSPECT))
+        # Only a key over 255 bytes can have a segment over 255, and only if some segment has
+        # 64 characters or more (4 bytes each at most): the few such keys are judged exactly.
+        long = np.flatnonzero(
+            pc.greater(size, LOCAL_MAX_NAME_BYTES).fill_null(False).to_numpy(zero_copy_only=False)
+        )
+        if len(long):
+            wide = pc.match_substring_regex(pc.take(array, long), "[^/]{64,}")
+            flagged = np.zeros(len(array), dtype=bool)
+            flagged[long[wide.to_numpy(zero_copy_only=False)]] = True
+            suspect = pc.or_(suspect, pa.array(flagged))
     else:
         raise ValueError(f"unknown storage backend {backend!r} (one of {', '.join(BACKENDS)})")
     for pos in np.flatnonzero(suspect.fill_null(False).to_numpy(zero_copy_only=False)):
