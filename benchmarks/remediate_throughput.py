@@ -285,6 +285,7 @@ def build_world(n: int, healthy: int, seed: int, base: datetime) -> dict[str, An
         "progress_behind": n_plans,
         "foreign_reference": 0,
         "normalization_mismatch": 0,
+        "invalid_reference": 0,
     }
     expected_counts = {
         "marked_error": n,

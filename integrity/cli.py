@@ -923,7 +923,9 @@ def format_summary(
         lines += ["", f"examples (first {len(picked)} of {len(report.findings):,}):"]
         for ex in picked:
             what = ex["key"] or ex["row_id"] or ""
-            row = f" [{ex['row_id']}]" if ex["row_id"] and ex["row_id"] != ex["key"] else ""
+            row = (
+                f" [{ex['row_id']}]" if ex["key"] and ex["row_id"] not in (None, ex["key"]) else ""
+            )
             if row.startswith(" [["):  # a composite row id is a JSON array already
                 row = f" {ex['row_id']}"
             lines.append(
@@ -977,8 +979,11 @@ def _completed(report: ReconciliationReport, remediation: Remediation) -> None:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Validate every input first (the cheap checks before the heavy work), reconcile, and with
     --apply remediate what was found."""
+    from integrity.spec import check_tenant
+
     min_age = parse_duration(args.min_age, option="--min-age")
     stuck_after = parse_duration(args.stuck_after, option="--stuck-after")
+    check_tenant(args.tenant, "--tenant")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError(f"--concurrency: must be at least 1, not {args.concurrency}")
     report_path = _check_report_path(args.report)

@@ -48,6 +48,7 @@ EXPECTED_FINDINGS: dict[str, int] = {
     "progress_behind": 1,
     "foreign_reference": 1,
     "normalization_mismatch": 1,
+    "invalid_reference": 1,
 }
 # Per organization (the tenant of documents, jobs and plans; images belong to projects).
 EXPECTED_BY_TENANT: dict[str, dict[str, int]] = {
@@ -541,6 +542,20 @@ def _plant(b: _Builder) -> None:
             "staged_url": None,
             "error": None,
             "updated_at": b.ago(days=3),
+        }
+    )
+
+    # invalid_reference: a URL pasted with its IPv6 host cut short; no object can match it.
+    b.rows["images"].append(
+        {
+            "id": "img-107",
+            "project_id": "prj-globex-campus",
+            "status": "ready",
+            "original_url": f"http://[::1/{BUCKET}/organizations/org-globex/projects/"
+            "prj-globex-campus/images/img-107/gate.jpg",
+            "staged_url": None,
+            "error": None,
+            "updated_at": b.ago(days=1),
         }
     )
 

@@ -26,7 +26,7 @@ from integrity.inventory import (
     read_parquet,
     write_parquet,
 )
-from integrity.keys import normalized_array, resolve_references
+from integrity.keys import normalized_array, usable_references
 from integrity.spec import ReconciliationSpec, template_regex
 
 ACTIONS: dict[str, str] = {
@@ -37,6 +37,7 @@ ACTIONS: dict[str, str] = {
     "progress_behind": "fix_progress",
     "foreign_reference": "none",
     "normalization_mismatch": "none",
+    "invalid_reference": "none",
 }
 FINDING_KINDS: tuple[str, ...] = tuple(ACTIONS)
 ACTION_KINDS: tuple[str, ...] = tuple(k for k, a in ACTIONS.items() if a != "none")
@@ -252,7 +253,11 @@ class _RowEmitter:
 
 
 def _missing_references(
-    db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    index: _ObjectIndex,
+    bucket: str,
+    backend: str,
 ) -> list[pd.DataFrame]:
     out: list[pd.DataFrame] = []
     for name, t in spec.tables.items():
@@ -267,12 +272,19 @@ def _missing_references(
             sel = rows.loc[mask]
             if sel.empty:
                 continue
-            parsed = resolve_references(sel[ref.column], bucket)
+            parsed = usable_references(sel[ref.column], bucket, backend)
+            invalid = parsed["problem"].notna()
             foreign = parsed["bucket"].notna() & (parsed["bucket"] != bucket)
             unresolved = parsed["key"].isna()
             found = index.contains(parsed["key"]) | index.contains(parsed["alternative"])
             candidates = ~foreign & ~found & ~unresolved
             emit = _RowEmitter(out, sel, t.table, ref.column)
+            emit(
+                "invalid_reference",
+                invalid,
+                ref.column + " " + parsed["problem"].fillna("").astype("object"),
+                parsed["key"],
+            )
             emit(
                 "foreign_reference",
                 foreign,
@@ -299,7 +311,11 @@ def _missing_references(
 
 
 def _processed_keys(
-    db: DatabaseInventory, spec: ReconciliationSpec, index: _ObjectIndex, bucket: str
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    index: _ObjectIndex,
+    bucket: str,
+    backend: str,
 ) -> pd.Series:
     """Every listed key that some processed-table row names, in any spelling (status ignored)."""
     uploads = spec.uploads
@@ -307,7 +323,7 @@ def _processed_keys(
     rows = db.tables.get(uploads.processed_table)
     if rows is None or rows.empty:
         return pd.Series([], dtype="object")
-    parsed = resolve_references(rows[uploads.processed_column], bucket)
+    parsed = usable_references(rows[uploads.processed_column], bucket, backend)
     ours = parsed.loc[parsed["bucket"].isna() | (parsed["bucket"] == bucket)]
     spellings = pd.concat([ours["key"], ours["alternative"]]).dropna()
     listed = index.contains(spellings)
@@ -334,7 +350,7 @@ def _unprocessed_uploads(
     if options.tenant is not None and options.tenant != ALL_TENANTS:
         in_uploads &= keys.str.startswith(uploads.prefix.format(tenant=options.tenant))
     candidates = objects.loc[
-        in_uploads & ~keys.isin(_processed_keys(db, spec, index, storage.bucket))
+        in_uploads & ~keys.isin(_processed_keys(db, spec, index, storage.bucket, storage.backend))
     ]
     if candidates.empty:
         return []
@@ -461,7 +477,7 @@ def diff_inventories(
     index = _ObjectIndex(storage.objects["key"])
 
     parts = _unprocessed_uploads(storage, db, spec, index, options, now)
-    parts += _missing_references(db, spec, index, storage.bucket)
+    parts += _missing_references(db, spec, index, storage.bucket, storage.backend)
     parts += _progress_behind(storage, db, spec)
     parts = [p for p in parts if not p.empty]
     findings = pd.concat(parts, ignore_index=True) if parts else _findings()

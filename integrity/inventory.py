@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from integrity.database import split_table_name, table_clause
 from integrity.errors import DatabaseError, SpecError, StorageError
 from integrity.identity import encode_frame
-from integrity.keys import like_escape, resolve_references
+from integrity.keys import like_escape, usable_references
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
 
@@ -94,10 +94,13 @@ class StorageInventory:
     requests: int = 0
     seconds: float = 0.0
     listed_at: datetime = field(default_factory=_utcnow)
+    backend: str = "s3"
+    """The kind of store listed, whose key rules the diff applies to references."""
 
     def _meta(self) -> dict[str, Any]:
         return {
             "bucket": self.bucket,
+            "backend": self.backend,
             "prefixes": self.prefixes,
             "complete": self.complete,
             "errors": self.errors,
@@ -209,6 +212,7 @@ def list_storage(
     pa.default_memory_pool().release_unused()
     return StorageInventory(
         bucket=store.bucket,
+        backend=store.backend,
         prefixes=listed_prefixes,
         objects=objects,
         complete=not errors,
@@ -224,6 +228,7 @@ def merge_storage(a: StorageInventory, b: StorageInventory) -> StorageInventory:
     )
     return StorageInventory(
         bucket=a.bucket,
+        backend=a.backend,
         prefixes=minimal_prefixes(a.prefixes + b.prefixes),
         objects=objects,
         complete=a.complete and b.complete,
@@ -543,15 +548,21 @@ def discover_tenants(store: ObjectStore, engine: sa.Engine, spec: Reconciliation
     return sorted(found)
 
 
-def referenced_keys(db: DatabaseInventory, spec: ReconciliationSpec, bucket: str) -> list[str]:
-    """Every key (both spellings) the database's reference columns name in this bucket."""
+def referenced_keys(
+    db: DatabaseInventory, spec: ReconciliationSpec, bucket: str, backend: str
+) -> list[str]:
+    """Every key (both spellings) the database's reference columns name in this bucket.
+
+    Spellings this kind of store cannot hold are left out: they are invalid_reference findings,
+    and no listing may follow them (a '..' key would lead a directory listing out of its root).
+    """
     keys: list[str] = []
     for name, t in spec.tables.items():
         frame = db.tables.get(name)
         if frame is None or frame.empty:
             continue
         for ref in t.references:
-            parsed = resolve_references(frame[ref.column], bucket)
+            parsed = usable_references(frame[ref.column], bucket, backend)
             ours = parsed["bucket"].isna() | (parsed["bucket"] == bucket)
             keys.extend(parsed.loc[ours, "key"].dropna())
             keys.extend(parsed.loc[ours, "alternative"].dropna())

@@ -51,7 +51,9 @@ def list_referenced_outside(
     """Add to a tenant's inventory the directories its rows reference outside its own prefixes."""
     if "" in inventory.prefixes:
         return inventory
-    extra = covering_prefixes(referenced_keys(db, spec, store.bucket), inventory.prefixes)
+    extra = covering_prefixes(
+        referenced_keys(db, spec, store.bucket, store.backend), inventory.prefixes
+    )
     if not extra:
         return inventory
     return merge_storage(

@@ -356,6 +356,9 @@ class FindingChecks(_Model):
     progress_behind: KindThresholds = _kind(0, "5%")
     foreign_reference: KindThresholds = _kind(0, None)
     normalization_mismatch: KindThresholds = _kind(0, None)
+    # Reported only, but a row whose reference names no object hides what missing_original
+    # would find, so a share of them is as red as missing originals.
+    invalid_reference: KindThresholds = _kind(0, "1%")
 
     def for_kind(self, kind: str) -> KindThresholds:
         return getattr(self, kind)
@@ -483,6 +486,39 @@ class ReconciliationSpec(_Model):
 
     def tenant_prefixes(self, tenant: str) -> list[str]:
         return [t.format(tenant=tenant) for t in self.tenant_prefix_templates]
+
+
+_TENANT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def tenant_problem(tenant: str) -> str | None:
+    """Why a value cannot be a tenant, or None. A tenant fills {tenant} in the prefix templates
+    (documents/{tenant}/), so it is one path segment: not empty, no '/', not '.' or '..', no
+    control character. Otherwise a prefix would reach past the tenant's own, or out of a
+    storage directory."""
+    if tenant == "":
+        return "is empty (leave it out to reconcile every tenant)"
+    if "/" in tenant:
+        return (
+            f"{tenant[:100]!r} holds a '/': a tenant is one segment of the storage prefixes "
+            "(as in documents/{tenant}/)"
+        )
+    if tenant in (".", ".."):
+        return f"{tenant!r} is not a tenant: '.' and '..' name directories"
+    match = _TENANT_CONTROL.search(tenant)
+    if match is not None:
+        return f"{tenant[:100]!r} holds the control character U+{ord(match.group()):04X}"
+    return None
+
+
+def check_tenant(tenant: str | None, field: str = "--tenant") -> str | None:
+    """The tenant as given (None passes: every tenant), or UsageError naming `field`."""
+    if tenant is None:
+        return tenant
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise UsageError(f"{field}: {problem}")
+    return tenant
 
 
 def default_spec() -> ReconciliationSpec:

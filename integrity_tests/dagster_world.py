@@ -24,6 +24,7 @@ NO_FINDINGS = {
     "progress_behind": 0,
     "foreign_reference": 0,
     "normalization_mismatch": 0,
+    "invalid_reference": 0,
 }
 # Per partition: finding counts, objects listed, rows read.
 EXPECTED: dict[str, tuple[dict[str, int], int, int]] = {

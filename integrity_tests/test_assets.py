@@ -260,6 +260,29 @@ def test_missing_sqlite_file_and_bad_spec_fail_clearly(
     assert message.startswith(f"{spec_file}: tables.documents.")
 
 
+@pytest.mark.parametrize(
+    ("partition", "reason"),
+    [("org-acme/", "holds a '/'"), ("../org-1", "holds a '/'"), ("..", "is not a tenant")],
+)
+def test_a_partition_that_is_not_a_tenant_fails_the_step_with_one_line(
+    local_resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    snapshots: Path,
+    partition: str,
+    reason: str,
+) -> None:
+    """A partition added by hand that cannot be a tenant: one line, and no snapshot at all
+    (not a report of the whole tenant's uploads as orphans)."""
+    instance.add_dynamic_partitions("tenants", [partition])
+    result = run_partition(local_resources, instance, partition, raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert message.startswith(f"tenant partition: {partition!r} {reason}"), message
+    assert "\n" not in message.strip()
+    assert not result.asset_materializations_for_node("db_inventory")
+    assert not (snapshots / REPORT).exists()
+
+
 def test_partition_keys_become_safe_distinct_directory_names() -> None:
     assert partition_dir_name("org-1") == "org-1"
     assert partition_dir_name(ALL_TENANTS) == ALL_TENANTS

@@ -380,6 +380,7 @@ def test_thresholds_from_the_spec_file(
         "progress_behind": ERROR,
         "foreign_reference": PASSED,
         "normalization_mismatch": PASSED,
+        "invalid_reference": PASSED,
     }
     assert meta(by_name["missing_original"])["error_above"] == "16%"
     assert meta(by_name["missing_staged"])["error_above"] == "never"

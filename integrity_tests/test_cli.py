@@ -129,7 +129,8 @@ def test_report_file_has_one_line_per_finding(
 def test_human_summary_lists_the_report_file(demo: DemoEnvironment, tmp_path: Path) -> None:
     result = reconcile(demo, "--report", str(tmp_path / "r.csv"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"report written to {tmp_path / 'r.csv'} (10 findings)" in result.stdout
+    total = sum(EXPECTED_FINDINGS.values())
+    assert f"report written to {tmp_path / 'r.csv'} ({total} findings)" in result.stdout
 
 
 # --------------------------------------------------------------------------- filters and ages
@@ -148,6 +149,7 @@ def test_status_filter(demo: DemoEnvironment, tmp_path: Path) -> None:
     assert {k: n for k, n in ready["findings"].items() if n} == {
         "missing_staged": 1,
         "foreign_reference": 1,
+        "invalid_reference": 1,
     }
 
 

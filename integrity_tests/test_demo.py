@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from integrity import settings
 from integrity.demo import BUCKET, EXPECTED_FINDINGS, MARKER, build_demo, demo_paths
+from integrity.diff import ACTION_KINDS
 
 
 def run_demo(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +57,30 @@ def test_demo_reports_every_kind_with_the_planted_counts(
     assert summary["findings"] == EXPECTED_FINDINGS
     assert all(n > 0 for n in summary["findings"].values())
     assert "dagster dev" in built.stderr
+
+
+def test_demo_plants_a_malformed_reference_reported_with_row_column_and_reason(
+    built: subprocess.CompletedProcess[str], home: Path
+) -> None:
+    """The images row whose URL cannot be parsed is one invalid_reference (reported only), and
+    the rest of the demo is reconciled as usual."""
+    summary = json.loads(built.stdout)
+    [example] = [e for e in summary["examples"] if e["kind"] == "invalid_reference"]
+    assert example == {
+        "kind": "invalid_reference",
+        "key": None,
+        "row_id": "img-107",
+        "detail": "original_url is not a valid URL (Invalid IPv6 URL)",
+    }
+    # Reported only: what --apply would act on is the actionable kinds, and nothing for it.
+    assert sum(summary["planned"].values()) == sum(
+        n for kind, n in EXPECTED_FINDINGS.items() if kind in ACTION_KINDS
+    )
+    engine = sa.create_engine(f"sqlite:///{demo_paths(home)[0]}")
+    with engine.connect() as conn:
+        url = conn.execute(sa.text("SELECT original_url FROM images WHERE id = 'img-107'")).scalar()
+    engine.dispose()
+    assert url.startswith("http://[::1/")
 
 
 def test_demo_summary_without_json(built: subprocess.CompletedProcess[str], home: Path) -> None:

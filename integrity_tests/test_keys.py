@@ -3,7 +3,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from integrity.keys import like_escape, normalized_array, parse_reference, resolve_references
+from integrity.keys import (
+    key_problem,
+    key_problems,
+    like_escape,
+    normalized_array,
+    parse_reference,
+    resolve_references,
+    usable_references,
+)
 
 BUCKET = "media"
 
@@ -102,3 +110,103 @@ def test_normalized_equates_nfc_nfd_and_case() -> None:
 
 def test_like_escape_escapes_wildcards() -> None:
     assert like_escape("documents/org_1/100%/") == "documents/org\\_1/100\\%/"
+
+
+MALFORMED = [
+    "http://[::1/b/k.jpg",
+    "https://[zz]/k",
+    "https://[::1/media/a.jpg?x=1",
+    "images/a\x00b.jpg",
+    "s3://media/images/\x1b[2J.jpg",
+    "s3://media/",
+    "s3://media",
+    "s3:///a.jpg",
+    "https://media.s3.amazonaws.com/",
+    "https://example.com/",
+    "/",
+]
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+def test_a_malformed_reference_has_a_problem_and_no_key(value: str) -> None:
+    parsed = parse_reference(value, BUCKET)
+    assert parsed is not None and parsed.problem and parsed.key == ""
+    assert not any(c in parsed.problem for c in "\x00\x1b")
+
+
+def test_resolve_references_keeps_going_past_malformed_values() -> None:
+    values = pd.Series(["images/a.jpg", *MALFORMED, "s3://media/images/b.jpg"], dtype="str")
+    frame = resolve_references(values, BUCKET)
+    assert frame["key"].tolist() == ["images/a.jpg", *[None] * len(MALFORMED), "images/b.jpg"]
+    assert frame["problem"].notna().tolist() == [False, *[True] * len(MALFORMED), False]
+
+
+def test_a_spelling_with_a_control_character_is_dropped_not_the_reference() -> None:
+    parsed = parse_reference("images/a%00b.jpg", BUCKET)  # decoded, %00 is a NUL
+    assert parsed == parse_reference("images/a%00b.jpg", BUCKET)
+    assert parsed is not None and (parsed.key, parsed.alternative, parsed.problem) == (
+        "images/a%00b.jpg",
+        None,
+        None,
+    )
+
+
+KEYS = [
+    "images/a.jpg",
+    "../../etc/hostname",
+    "images/../a.jpg",
+    "images/./a.jpg",
+    "images/.hidden/..a",
+    "/etc/hostname",
+    "images//a.jpg",
+    "images/",
+    "images/a\x00b.jpg",
+    "",
+    "images/" + "x" * 255,
+    "images/" + "x" * 256,
+    "images/" + "\u00e9" * 127 + "x",
+    "images/" + "\u00e9" * 128,
+    "images/" + "\U0001f600" * 64,
+    "k" * 1024,
+    "k" * 1025,
+    "k" * 1022 + "\u00e9",
+    "/".join(["d" * 200] * 6),
+]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_key_problems_in_bulk_match_the_one_key_rule(backend: str) -> None:
+    keys = pd.Series([*KEYS, None], dtype="str")
+    bulk = key_problems(keys, backend)
+    assert bulk.tolist() == [key_problem(k, backend) for k in KEYS] + [None]
+    valid = {k for k in KEYS if key_problem(k, backend) is None}
+    if backend == "local":
+        assert valid == {
+            "images/a.jpg",
+            "images/.hidden/..a",
+            "images/" + "x" * 255,
+            "images/" + "\u00e9" * 127 + "x",
+            "/".join(["d" * 200] * 6),
+        }
+    else:
+        assert valid == set(KEYS) - {
+            "",
+            "k" * 1025,
+            "/".join(["d" * 200] * 6),
+        }
+
+
+def test_usable_references_judge_only_this_bucket_and_keep_a_valid_spelling() -> None:
+    values = pd.Series(
+        [
+            "../../etc/hostname",  # ours: refused by a directory
+            "s3://other/../x",  # another bucket's rules are not ours to judge
+            "images/a%2F..%2Fb.jpg",  # the decoded spelling has '..'; the literal one is fine
+        ],
+        dtype="str",
+    )
+    frame = usable_references(values, BUCKET, "local")
+    assert frame["key"].tolist() == [None, "../x", "images/a%2F..%2Fb.jpg"]
+    assert frame["alternative"].tolist() == [None, None, None]
+    assert frame["problem"].tolist() == ["names a key that has a '..' segment", None, None]
+    assert usable_references(values, BUCKET, "s3")["problem"].isna().all()

@@ -199,9 +199,10 @@ def test_awkward_keys_round_trip(world: World, key: str) -> None:
     world.obj(key)
     world.image("present", key)
     world.image("present-url", f"s3://{world.store.bucket}/{key}")
-    world.image("absent", key + ".missing")
+    absent = key.removesuffix(".jpg") + ".png"  # as long as the key: S3 holds 1,024 bytes at most
+    world.image("absent", absent)
     report = world.reconcile()
-    assert found(report, "missing_original") == [("absent", key + ".missing")]
+    assert found(report, "missing_original") == [("absent", absent)]
 
 
 def test_1024_byte_key_is_listed_whole(world: World) -> None:

@@ -458,6 +458,10 @@ def test_missing_snapshot_wrong_bucket_and_bad_kinds_fail_clearly(
     )
     assert message.startswith("kinds: unknown finding kind 'nope'")
     message = failure_message(
+        run_job(defs, "remediate", resources, instance, {"tenant": "org-2/", "dry_run": False})
+    )
+    assert message.startswith("tenant: 'org-2/' holds a '/'")
+    message = failure_message(
         run_job(defs, "rollback", resources, instance, {"run_id": "no-such-run", "dry_run": False})
     )
     assert message.startswith("no audit records in ") and message.endswith("nothing to roll back")

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from integrity import settings
+from integrity import schema, settings
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.defs.schedules import (
@@ -98,6 +98,40 @@ def test_schedule_skips_with_the_reason_when_storage_is_missing(
     assert data.run_requests == []
     assert data.skip_message.startswith("tenant discovery failed: storage directory")
     assert "does not exist" in data.skip_message
+
+
+def test_discovery_never_makes_a_partition_of_a_value_that_is_not_a_tenant(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    repository: dg.RepositoryDefinition,
+    sqlite_engine: sa.Engine,
+) -> None:
+    """Tenant columns holding 'org-acme/', '..' or 'org-1/x': the sensor and the schedule skip
+    them, so no partition or run reconciles outside a tenant's prefixes."""
+    at = datetime(2026, 3, 1)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            schema.documents.insert(),
+            [
+                {"id": f"d{n}", "organization_id": tenant, "r2_key": f"k{n}", "status": "complete"}
+                | {"created_at": at, "updated_at": at}
+                for n, tenant in enumerate(["org-acme/", "..", "org-1/x"])
+            ],
+        )
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = tenant_discovery_sensor(context)
+    [request] = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == [ALL_TENANTS, *TENANTS]
+
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=TWO_AM_UTC,
+        resources=resources,
+        repository_def=repository,
+    )
+    data = daily_reconciliation.evaluate_tick(context)
+    assert [r.partition_key for r in data.run_requests] == TENANTS
+    assert sorted(instance.get_dynamic_partitions(TENANTS_PARTITIONS)) == TENANTS
 
 
 def test_sensor_adds_discovered_tenants_and_the_whole_bucket_once(

@@ -122,6 +122,84 @@ def test_local_storage_refuses_keys_that_escape_the_root(tmp_path) -> None:
         store.put_bytes("../outside.txt", b"x")
 
 
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("../outside/secret.txt", "has a '..' segment"),
+        ("media-sibling/../../outside/secret.txt", "has a '..' segment"),
+        ("/etc/hostname", "is an absolute path"),
+        ("images//a.jpg", "has an empty segment ('//')"),
+        ("images/./a.jpg", "has a '.' segment"),
+        ("images/", "ends in '/'"),
+        ("images/a\x00b.jpg", "holds a NUL character"),
+        ("images/" + "x" * 256, "has a segment of 256 bytes"),
+        ("", "is empty"),
+    ],
+)
+def test_local_storage_refuses_every_key_it_cannot_hold_with_one_line(
+    tmp_path, key: str, reason: str
+) -> None:
+    """head, get and put all refuse, with StorageError naming why: never an OSError or a
+    ValueError, and never a file outside the root (nor a directory) taken for an object."""
+    root = tmp_path / "media"
+    (root / "images").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not in the bucket")
+    store = LocalStorage(root)
+    for call in (store.head, store.get_bytes, lambda k: store.put_bytes(k, b"x")):
+        with pytest.raises(StorageError, match="cannot be stored in a directory") as caught:
+            call(key)
+        assert reason in str(caught.value) and "\n" not in str(caught.value)
+    assert (tmp_path / "outside" / "secret.txt").read_text() == "not in the bucket"
+    assert sorted(p.name for p in root.rglob("*")) == ["images"]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["../", "../outside/", "images/../../outside/", "/etc/", "images//", "./", "a\x00/"]
+)
+def test_local_listing_refuses_prefixes_that_leave_the_root(tmp_path, prefix: str) -> None:
+    root = tmp_path / "media"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not in the bucket")
+    store = LocalStorage(root)
+    store.put_bytes("images/a.jpg", b"x")
+    for delimiter in (None, "/"):
+        with pytest.raises(StorageError, match="cannot list prefix") as caught:
+            list(store.list_pages(prefix, delimiter))
+        assert "\n" not in str(caught.value)
+    inventory = list_storage(store, [prefix])
+    assert not inventory.complete and inventory.objects.empty
+    assert [e.split(": it ")[0] for e in inventory.errors] == [
+        f"cannot list prefix {prefix!r} in {store.description}"
+    ]
+
+
+def test_local_listing_does_not_follow_a_link_out_of_the_root(tmp_path) -> None:
+    root = tmp_path / "media"
+    (root / "documents").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not in the bucket")
+    (root / "documents" / "org-1").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (root / "inside").symlink_to(root / "documents", target_is_directory=True)
+    store = LocalStorage(root)
+    store.put_bytes("documents/org-2/a.pdf", b"x")
+    with pytest.raises(StorageError, match="symbolic link out of the storage directory"):
+        list(store.list_pages("documents/org-1/"))
+    assert [k for p in store.list_pages("inside/") for k in p.keys] == ["inside/org-2/a.pdf"]
+    assert list(list_storage(store).objects["key"]) == ["documents/org-2/a.pdf"]
+
+
+def test_s3_refuses_a_key_over_1024_bytes_without_a_request(s3_client, bucket) -> None:
+    store = S3Storage(s3_client, bucket)
+    key = "images/" + "k" * 1018  # 1,025 bytes
+    for call in (store.head, store.get_bytes, lambda k: store.put_bytes(k, b"x")):
+        with pytest.raises(StorageError, match="is 1,025 bytes of UTF-8; an S3 key holds at most"):
+            call(key)
+    assert store.requests == 0
+    assert store.head("images/" + "k" * 1017) is None  # 1,024 bytes: asked, and absent
+
+
 def test_minimal_and_covering_prefixes() -> None:
     assert minimal_prefixes(["a/", "a/b/", "b/", "a/"]) == ["a/", "b/"]
     assert covering_prefixes(

@@ -23,6 +23,7 @@ from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, dif
 from integrity.errors import IntegrityError
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
 from integrity.reconcile import build_storage_inventory, tenant_scope
+from integrity.spec import check_tenant
 
 GROUP = "reconciliation"
 SNAPSHOT_IO_MANAGER = "snapshot_io_manager"
@@ -55,6 +56,13 @@ def fail_clearly() -> Iterator[None]:
         yield
     except IntegrityError as exc:
         raise dg.Failure(description=str(exc)) from None
+
+
+def partition_tenant(partition_key: str) -> str | None:
+    """The tenant a partition reconciles (None: the whole bucket); a partition key that cannot
+    be a tenant (one added by hand as 'org-acme/', say) fails the step with one line."""
+    with fail_clearly():
+        return tenant_scope(check_tenant(partition_key, "tenant partition"))
 
 
 def _completeness(complete: bool, reasons: list[str]) -> dict[str, dg.MetadataValue]:
@@ -114,7 +122,7 @@ def db_inventory(
     Read first because a tenant's rows may reference objects outside the tenant's own prefixes,
     and the storage listing needs to know where.
     """
-    tenant = tenant_scope(context.partition_key)
+    tenant = partition_tenant(context.partition_key)
     with fail_clearly():
         reconciliation_spec = spec.load()
         with database.engine() as engine:
@@ -153,7 +161,7 @@ def storage_inventory(
     Listed in bulk (1,000 keys a page, prefixes concurrently) instead of one HEAD per row; a
     page that fails after its retries marks the inventory incomplete rather than short.
     """
-    tenant = tenant_scope(context.partition_key)
+    tenant = partition_tenant(context.partition_key)
     with fail_clearly():
         reconciliation_spec = spec.load()
         store = storage.get_store()
@@ -196,7 +204,7 @@ def reconciliation_report(
     options = DiffOptions(
         min_age=timedelta(seconds=config.min_age),
         stuck_after=timedelta(seconds=config.stuck_after),
-        tenant=tenant_scope(context.partition_key),
+        tenant=partition_tenant(context.partition_key),
         status=config.status,
     )
     with fail_clearly():

@@ -61,6 +61,7 @@ FINDING_CHECK_DESCRIPTIONS = {
     "progress_behind": "Plans whose progress lags the tiles in storage: a share of the plans.",
     "foreign_reference": "Rows pointing into another bucket (reported only).",
     "normalization_mismatch": "References found only after normalising their spelling (reported only).",
+    "invalid_reference": "Rows whose reference names no object (a malformed URL or key; reported only).",
 }
 
 

@@ -7,12 +7,15 @@ reconciles tenants independently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 import sqlalchemy as sa
 
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import IntegrityError
 from integrity.inventory import ALL_TENANTS, check_database, db_error_reason, discover_tenants
+from integrity.spec import tenant_problem
 from integrity.storage.base import ListingFailed
 
 TENANTS = "tenants"
@@ -26,8 +29,17 @@ class DiscoveryFailed(Exception):
     """Tenants could not be discovered; the message is one line for a tick's skip reason."""
 
 
-def discover(storage: StorageResource, database: DatabaseResource, spec: SpecResource) -> list[str]:
-    """Every tenant found in storage and the database, after a preflight of both sides."""
+def discover(
+    storage: StorageResource,
+    database: DatabaseResource,
+    spec: SpecResource,
+    on_refused: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Every tenant found in storage and the database, after a preflight of both sides.
+
+    A value that cannot be a tenant (see integrity.spec.tenant_problem: 'org-acme/', '..') never
+    becomes a partition; `on_refused` gets one line naming how many and the first.
+    """
     try:
         reconciliation_spec = spec.load()
         store = storage.get_store()
@@ -40,5 +52,12 @@ def discover(storage: StorageResource, database: DatabaseResource, spec: SpecRes
     except sa.exc.SQLAlchemyError as exc:
         reason = db_error_reason(exc)
         raise DiscoveryFailed(f"cannot read database {database.description}: {reason}") from None
+    refused = {t: p for t in tenants if (p := tenant_problem(t)) is not None}
+    if refused and on_refused is not None:
+        first = next(iter(refused.values()))
+        on_refused(
+            f"ignored {len(refused)} value(s) of the tenant columns or prefixes that cannot be "
+            f"a tenant partition; the first: {first}"
+        )
     # A tenant literally named like the reserved key would shadow the whole-bucket partition.
-    return [t for t in tenants if t != ALL_TENANTS]
+    return [t for t in tenants if t != ALL_TENANTS and t not in refused]

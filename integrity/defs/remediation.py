@@ -45,6 +45,7 @@ from integrity.remediation.rollback import (
     rollback,
     rollback_completed_line,
 )
+from integrity.spec import check_tenant
 
 REMEDIATION_TAG = "integrity/remediation"
 """Run tag on both jobs; dagster.yaml's run queue allows one such run at a time."""
@@ -98,7 +99,8 @@ class RemediationConfig(dg.Config):
     )
 
     def options(self) -> RemediationOptions:
-        """The core's options; bad values raise its one-line SpecError."""
+        """The core's options; bad values raise its one-line SpecError (UsageError for tenant)."""
+        check_tenant(self.tenant, "tenant")
         return RemediationOptions(
             dry_run=self.dry_run,
             kinds=tuple(self.kinds),

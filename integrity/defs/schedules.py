@@ -58,7 +58,7 @@ def _daily_reconciliation(
     one run per tenant, each independent (the whole-bucket `__all__` partition stays on demand).
     """
     try:
-        tenants = discover(storage, database, spec)
+        tenants = discover(storage, database, spec, on_refused=context.log.warning)
     except DiscoveryFailed as exc:
         yield dg.SkipReason(f"tenant discovery failed: {exc}")
         return

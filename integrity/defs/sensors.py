@@ -29,7 +29,7 @@ def tenant_discovery_sensor(
     tenant column: bounded by the number of tenants, not of objects or rows.
     """
     try:
-        tenants = discover(storage, database, spec)
+        tenants = discover(storage, database, spec, on_refused=context.log.warning)
     except DiscoveryFailed as exc:
         return dg.SkipReason(f"tenant discovery failed: {exc}")
     known = set(context.instance.get_dynamic_partitions(TENANTS))

@@ -47,6 +47,8 @@ class ObjectStore(Protocol):
 
     bucket: str
     requests: int
+    backend: str
+    """The kind of store ('s3' or 'local'), whose rules integrity.keys.key_problem knows."""
 
     @property
     def description(self) -> str:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from integrity.errors import StorageError
+from integrity.keys import key_problem, prefix_problem
 from integrity.storage.base import PAGE_SIZE, ListingPage, ObjectHead
 
 
@@ -17,7 +18,14 @@ def _etag(stat: os.stat_result) -> str:
 
 
 class LocalStorage:
-    """Keys are paths relative to the root, with '/' separators; the bucket is the root's name."""
+    """Keys are paths relative to the root, with '/' separators; the bucket is the root's name.
+
+    Nothing outside the root is ever read or written: a key or prefix with a '..', '.' or empty
+    segment, an absolute path or a NUL is refused (StorageError), and so is a listing whose
+    directory leads out of the root through a symbolic link.
+    """
+
+    backend = "local"
 
     def __init__(
         self, root: str | Path, bucket: str | None = None, page_size: int = PAGE_SIZE
@@ -38,15 +46,28 @@ class LocalStorage:
             raise StorageError(f"storage directory {self.root} is not readable")
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if (
-            not key
-            or key.startswith("/")
-            or any(p in ("", ".", "..") for p in parts[:-1])
-            or parts[-1] in (".", "..")
-        ):
-            raise StorageError(f"key {key[:200]!r} cannot be stored in a directory")
-        return self.root.joinpath(*parts)
+        problem = key_problem(key, self.backend)
+        if problem is not None:
+            raise StorageError(f"key {key[:200]!r} cannot be stored in a directory: it {problem}")
+        return self.root.joinpath(*key.split("/"))
+
+    def _listing_base(self, prefix: str) -> tuple[str, Path]:
+        """The directory a prefix lists (and its key prefix), refused if it leaves the root."""
+        problem = prefix_problem(prefix, self.backend)
+        if problem is not None:
+            raise StorageError(
+                f"cannot list prefix {prefix[:200]!r} in {self.description}: it {problem}"
+            )
+        base_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        base = self.root.joinpath(*base_rel.strip("/").split("/")) if base_rel else self.root
+        if base_rel:
+            real_root = os.path.realpath(self.root)
+            if os.path.commonpath([real_root, os.path.realpath(base)]) != real_root:
+                raise StorageError(
+                    f"cannot list prefix {prefix[:200]!r} in {self.description}: its directory "
+                    "is a symbolic link out of the storage directory"
+                )
+        return base_rel, base
 
     def _walk(self, directory: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
         # In key order, as S3 lists: a directory sorts as its name plus '/', so 'a-b' comes
@@ -56,7 +77,7 @@ class LocalStorage:
                 os.scandir(directory),
                 key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name,
             )
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         for entry in entries:
             key = rel + entry.name
@@ -69,14 +90,13 @@ class LocalStorage:
         self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
     ) -> Iterator[ListingPage]:
         self.check_access()
-        base_rel = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-        base = self.root.joinpath(*base_rel.strip("/").split("/")) if base_rel else self.root
+        base_rel, base = self._listing_base(prefix)
         page = ListingPage()
         self.requests += 1
         if delimiter == "/":
             try:
                 entries = sorted(os.scandir(base), key=lambda e: e.name)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 entries = []
             for entry in entries:
                 key = base_rel + entry.name
@@ -108,11 +128,16 @@ class LocalStorage:
         page.last_modified.append(datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
 
     def head(self, key: str) -> ObjectHead | None:
+        path = self._path(key)
         self.requests += 1
         try:
-            stat = self._path(key).stat()
+            stat = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot look at key {key[:200]!r} in {self.description}: {exc.strerror or exc}"
+            ) from None
         return ObjectHead(
             key, stat.st_size, _etag(stat), datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)
         )
@@ -125,7 +150,12 @@ class LocalStorage:
         os.replace(tmp, path)
 
     def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             raise StorageError(f"object {key[:200]!r} not found in {self.description}") from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read key {key[:200]!r} in {self.description}: {exc.strerror or exc}"
+            ) from None

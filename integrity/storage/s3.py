@@ -21,6 +21,7 @@ from botocore.exceptions import (
 )
 
 from integrity.errors import StorageError
+from integrity.keys import key_problem
 from integrity.storage.base import PAGE_SIZE, ListingFailed, ListingPage, ObjectHead, with_retries
 
 _RETRYABLE_CODES = {
@@ -93,6 +94,8 @@ def _describe(exc: BaseException) -> str:
 
 class S3Storage:
     """A bucket listed with ListObjectsV2, 1,000 keys a page, following the truncated flag."""
+
+    backend = "s3"
 
     def __init__(
         self,
@@ -186,7 +189,13 @@ class S3Storage:
                 )
             kwargs["ContinuationToken"] = token
 
+    def _check_key(self, key: str) -> None:
+        problem = key_problem(key, self.backend)
+        if problem is not None:
+            raise StorageError(f"key {key[:200]!r} cannot name an object in S3: it {problem}")
+
     def head(self, key: str) -> ObjectHead | None:
+        self._check_key(key)
         try:
             response = self._call("head_object", Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -200,10 +209,12 @@ class S3Storage:
         )
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self._check_key(key)
         extra = {"ContentType": content_type} if content_type else {}
         self._call("put_object", Bucket=self.bucket, Key=key, Body=data, **extra)
 
     def get_bytes(self, key: str) -> bytes:
+        self._check_key(key)
         try:
             return self._call("get_object", Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
