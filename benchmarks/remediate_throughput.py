@@ -463,26 +463,36 @@ def seed_database(engine: Any, world: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
-def dump(engine: Any) -> dict[str, dict[str, tuple]]:
-    """Every row and column of the reference tables, raw as the driver returns them, by key."""
+def dump(engine: Any) -> dict[str, dict[str, Any]]:
+    """Every row and column of the reference tables as stored, by key: raw as the driver returns
+    them, and on PostgreSQL each row's text form too (what a byte-for-byte comparison needs)."""
     import sqlalchemy as sa
 
-    out: dict[str, dict[str, tuple]] = {}
+    out: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
         for table, key in REFERENCE_TABLES.items():
-            result = conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY {key}"))
+            text = ", t::text AS row_text" if engine.dialect.name == "postgresql" else ""
+            result = conn.execute(sa.text(f"SELECT t.*{text} FROM {table} t ORDER BY {key}"))
             position = list(result.keys()).index(key)
             out[table] = {str(row[position]): tuple(row) for row in result}
     return out
 
 
+def differing_rows(a: dict, b: dict) -> set[tuple[str, str]]:
+    """(table, key) of every row that differs between two dumps (changed, added or removed)."""
+    return {
+        (table, key)
+        for table in REFERENCE_TABLES
+        for key in set(a[table]) | set(b[table])
+        if a[table].get(key) != b[table].get(key)
+    }
+
+
 def dump_difference(a: dict, b: dict) -> dict[str, int]:
     """Rows per table that differ between two dumps (changed, added or removed)."""
-    diff = {}
-    for table in REFERENCE_TABLES:
-        rows_a, rows_b = a[table], b[table]
-        keys = set(rows_a) | set(rows_b)
-        diff[table] = sum(1 for k in keys if rows_a.get(k) != rows_b.get(k))
+    diff = dict.fromkeys(REFERENCE_TABLES, 0)
+    for table, _ in differing_rows(a, b):
+        diff[table] += 1
     return diff
 
 

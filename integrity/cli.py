@@ -1154,7 +1154,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             except TargetStillRunning:
                 raise
             except RemediationRefused as exc:
-                if any(r["run_id"] == run_id for r in run_history(engine, 1000)):
+                known = [r for r in run_history(engine, 1000) if r["run_id"] == run_id]
+                if known and known[0]["state"] == "running":
+                    raise RemediationRefused(
+                        f"run {run_id} is still running and has no audit records yet: "
+                        "nothing to roll back so far"
+                    ) from None
+                if known:
                     raise RemediationRefused(
                         f"run {run_id} changed nothing (no audit records), so there is "
                         "nothing to roll back"
@@ -1179,6 +1185,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def format_rollback(result: Any, *, database: str) -> str:
+    if result.nothing_to_undo:
+        return "\n".join(
+            [
+                f"integrity rollback of run {result.target_run_id}: nothing to undo, the run "
+                "ended before it changed anything (no audit records)"
+                + ("" if result.dry_run else f"; recorded as rollback run {result.run_id}"),
+                f"  database  {database}",
+            ]
+        )
     counts = result.counts
     width = max(len(k) for k in ROLLBACK_COUNTS)
     head = (

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ from integrity.diff import ACTION_KINDS
 from integrity.remediation import COMPLETED_MSG
 from integrity.remediation.ledger import AUDIT_TABLE, QUEUE_TABLE, RUNS_TABLE
 from integrity.storage.local import LocalStorage
-from integrity_tests.remediation_worker import wait_for_lease_to_run_out
+from integrity_tests.remediation_worker import kill_mid_batch, wait_for_lease_to_run_out
 from integrity_tests.world import FailingListings, World
 
 REFERENCE_TABLES = ("documents", "images", "processing_jobs", "plans")
@@ -918,6 +919,51 @@ def test_a_killed_apply_is_listed_as_interrupted_recorded_by_the_next_apply_and_
     code, _, err = run(capsys, "rollback", "--run-id", later, "--apply", "--db-url", url)
     assert code == 0, err
     assert snapshot(engine) == original
+
+
+def test_a_run_killed_before_its_first_commit_rolls_back_as_a_no_op(
+    engine: sa.Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL inside the first batch's transaction: the run has no audit records. Once its lease
+    has run out, rolling it back (dry run, then --apply) is a no-op that says so and exits 0, and
+    the applied one records the run as failed, its own run as completed."""
+    store = LocalStorage(tmp_path / "store" / "uploads")
+    store.root.mkdir(parents=True)
+    world = World(engine, store)
+    _plant(world)
+    original = snapshot(engine)
+    report = world.reconcile().save(tmp_path / "report.parquet")
+    killed = "killed-" + uuid.uuid4().hex[:8]
+    kill_mid_batch(engine, store.root, report, killed, batch_size=1, hang_after=0, lease=1.0)
+    url = engine.url.render_as_string(hide_password=False)
+    assert rows(engine, f"SELECT count(*) AS n FROM {AUDIT_TABLE}") == [{"n": 0}]
+    wait_for_lease_to_run_out(engine, killed)
+    set_writes(monkeypatch)
+
+    code, out, err = run(capsys, "rollback", "--run-id", killed, "--db-url", url)
+    assert code == 0, err
+    said = (
+        f"integrity rollback of run {killed}: nothing to undo, the run ended before it changed "
+        "anything (no audit records)"
+    )
+    assert out.splitlines()[0] == said
+    code, out, err = run(
+        capsys, "rollback", "--run-id", killed, "--apply", "--json", "--db-url", url
+    )
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["nothing_to_undo"] is True and done["dry_run"] is False
+    assert done["restored"] == done["removed"] == done["queue_cancelled"] == done["batches"] == 0
+    assert log_line(err)["rolled_back_run_id"] == killed
+    assert snapshot(engine) == original
+    listed = _runs(capsys, url)
+    assert (listed[killed]["state"], listed[killed]["interrupted"]) == ("failed", True)
+    assert listed[done["run_id"]]["state"] == "completed"
+    recorded = rows(engine, f"SELECT failed_by FROM {RUNS_TABLE} WHERE run_id = :r", r=killed)
+    assert recorded == [{"failed_by": done["run_id"]}]
 
 
 def test_a_ledger_from_before_leases_is_read_as_is_and_upgraded_by_the_next_apply(

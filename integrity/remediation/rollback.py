@@ -5,7 +5,8 @@ still holds the after values (nobody changed it since), conditionally and under 
 forward path, one transaction per batch; rows the run created are removed the same way, and
 queue entries not yet delivered are cancelled. The rollback audits itself under its own run id
 and marks the records it undid, so rolling back twice changes nothing. A run still alive (its
-lease is fresh) is not rolled back; an interrupted one (its process died) is, exactly.
+lease is fresh) is not rolled back; an interrupted one (its process died) is, exactly, and one
+that ended before it changed anything (killed before its first commit) rolls back as a no-op.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class RollbackResult:
     counts: Counter = field(default_factory=Counter)
     batches: int = 0
     seconds: float = 0.0
+    nothing_to_undo: bool = False
+    """The target ended (failed or interrupted) without a single audit record: a no-op."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class RollbackResult:
             "dry_run": self.dry_run,
             **{name: self.counts[name] for name in ROLLBACK_COUNTS},
             "batches": self.batches,
+            "nothing_to_undo": self.nothing_to_undo,
         }
 
 
@@ -130,14 +134,18 @@ def rollback(
             sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
         ).scalar_one()
         target = read_runs(conn, remediation_runs.c.run_id == target_run_id)
-    if not known:
-        raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
     if not dry_run and target and target[0]["state"] == "running":
         raise TargetStillRunning(
             f"run {target_run_id} is still running (its lease runs until "
             f"{target[0]['lease_until']:%Y-%m-%d %H:%M:%S} UTC): roll it back once it has ended; "
             "a run whose process died counts as interrupted once its lease has run out"
         )
+    if not known:
+        if not (target and target[0]["state"] == "failed"):
+            raise RemediationRefused(f"run {target_run_id} has no audit records: check the run id")
+        # It ended before its first batch with a change committed (killed before it, say): it
+        # changed nothing, and failed runs write no more, so undoing it is done as it stands.
+        result.nothing_to_undo = True
     if not dry_run:
         start_run(engine, run_id, "rollback", None, target_run_id)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
