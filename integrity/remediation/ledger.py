@@ -49,6 +49,8 @@ audit = sa.Table(
     sa.Column("after", sa.Text),  # JSON of the changed columns; NULL: the row was removed
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("rolled_back_by", sa.String(64)),
+    # Why a finding was left alone (action 'skipped'); NULL on the records of changes.
+    sa.Column("reason", sa.Text),
 )
 
 queue = sa.Table(
@@ -70,11 +72,34 @@ queue = sa.Table(
 )
 
 WAITING_STATES = ("pending", "sent")
+SKIPPED = "skipped"
+"""The audit action of a finding left alone on purpose (its reason says why); nothing to undo."""
+
+# Columns added to a ledger table after its first release: (table, column, SQL type), added to
+# a ledger an earlier version created.
+_ADDED_COLUMNS = ((AUDIT_TABLE, "reason", "TEXT"),)
 
 
 def create_ledger(engine: sa.Engine) -> None:
     """Create integrity's own tables if they are missing (only ever on a write path)."""
     metadata.create_all(engine, checkfirst=True)
+    for table, column, sql_type in _ADDED_COLUMNS:
+        _add_column(engine, table, column, sql_type)
+
+
+def _add_column(engine: sa.Engine, table: str, column: str, sql_type: str) -> None:
+    def present() -> bool:
+        with engine.connect() as conn:
+            return column in {c["name"] for c in sa.inspect(conn).get_columns(table)}
+
+    if present():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+    except sa.exc.DBAPIError:
+        if not present():  # another run added it at the same moment: fine
+            raise
 
 
 def ledger_exists(conn: sa.Connection) -> bool:
