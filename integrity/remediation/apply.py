@@ -40,7 +40,7 @@ from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.durations import format_duration
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
-from integrity.inventory import db_error_reason, safe_url
+from integrity.inventory import db_error_reason, is_transient, safe_url
 from integrity.keys import resolve_references
 from integrity.remediation.ledger import (
     SKIPPED,
@@ -59,10 +59,12 @@ from integrity.remediation.plan import (
 )
 from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
 from integrity.remediation.rows import (
+    BATCH_ATTEMPTS,
     BatchNotApplied,
     RowConflict,
     batch_transaction,
     match_rows,
+    raw,
     same_value,
 )
 from integrity.spec import ReconciliationSpec
@@ -205,6 +207,17 @@ class _Context:
     counts: Counter
     recheck_seconds: float = 0.0  # spent so far on storage re-checks, of options.recheck_budget
     out_of_budget: bool = False  # a re-check found the budget spent: stop after this batch
+    marked: list[_Mark] = field(default_factory=list)  # the rows the batch's commit marked
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A row a batch marked `error`: what it held (raw) and what the mark wrote."""
+
+    finding: Any
+    row_key: Any
+    before: dict[str, Any]
+    after: dict[str, Any]
 
 
 def _inspect_columns(
@@ -400,6 +413,8 @@ def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, b
             f"{number - 1} earlier batches are applied and audited; run again to finish"
         ) from None
     ctx.counts.update(counts)
+    if ctx.marked:
+        _undo_appeared(ctx, number, total)
 
 
 # --------------------------------------------------------------------------- storage re-check
@@ -600,6 +615,7 @@ def _mark_error(
     batch = batch.drop_duplicates("row_id", keep="first")
     current = _read_current(ctx, conn, cols, list(batch["row_id"]))
     now = ctx.now()
+    ctx.marked = []  # of this attempt: a batch retried after a conflict starts afresh
     groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     for finding in batch.itertuples(index=False):
         row = current.get(str(finding.row_id))
@@ -634,6 +650,10 @@ def _mark_error(
                 for finding, row in items
             ],
         )
+        ctx.marked += [
+            _Mark(finding, row[cols.key], {c: row[c] for c in after}, after)
+            for finding, row in items
+        ]
 
 
 def _still_missing(
@@ -654,6 +674,10 @@ def _still_missing(
     conditional UPDATE sees the changed row and leaves it (`skipped_changed`). The first look,
     before the transaction, is not enough on its own: an object stored between it and the lock
     was marked anyway.
+
+    What this look cannot see is a store that completes between it and the COMMIT, from a writer
+    that writes no row after it (a direct upload to a presigned URL): `_undo_appeared` looks once
+    more after the commit for those.
     """
     items = [item for group in groups.values() for item in group]
     if not items:
@@ -680,6 +704,85 @@ def _still_missing(
         for message, group in groups.items()
         if (kept := [item for item in group if id(item[0]) not in left])
     }
+
+
+def _undo_appeared(ctx: _Context, number: int, total: int) -> None:
+    """After a mark_error batch has committed, look at its marked rows' objects a last time and
+    undo the marks whose object is there now: stored while the batch committed.
+
+    A store acknowledged before the COMMIT returned is visible to this look, so no row stays
+    `error` for an object stored before its mark took effect. The undo is conditional: a row
+    that no longer holds exactly the mark (the writer wrote it since) is the writer's and is left
+    as it is. The mark's audit record is flagged as undone by this run (rollback then skips it)
+    and a `skipped` record says why. It is one UPDATE per row, but only for such rows, which the
+    look under the lock has made rare.
+    """
+    marked, ctx.marked = ctx.marked, []
+    batch = pd.DataFrame([m.finding._asdict() for m in marked])
+    seen = _look(ctx, _candidates(ctx, batch, "mark_error"))
+    appeared = [m for m, (state, _) in zip(marked, seen) if state == PRESENT]
+    if not appeared:
+        return
+    cols = ctx.columns[appeared[0].finding.table]
+
+    def matches(column: str, value: Any) -> sa.ColumnElement[bool]:
+        if value is None:
+            return sa.column(column).is_(None)
+        if isinstance(value, datetime):
+            typed = sa.DateTime(timezone=column in cols.aware)
+            return sa.column(column) == sa.bindparam(None, value, type_=typed)
+        return sa.column(column) == value
+
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        undone: list[_Mark] = []
+        try:
+            with ctx.engine.begin() as conn:
+                for m in appeared:
+                    statement = (
+                        sa.update(table_clause(cols.table, m.before))
+                        .where(
+                            sa.column(cols.key) == raw(m.row_key),
+                            *[matches(c, v) for c, v in m.after.items()],
+                        )
+                        .values({c: raw(v) for c, v in m.before.items()})
+                    )
+                    if conn.execute(statement).rowcount == 1:
+                        undone.append(m)
+                if undone:
+                    conn.execute(
+                        audit.update()
+                        .where(
+                            audit.c.run_id == ctx.run_id,
+                            audit.c.action == "mark_error",
+                            audit.c.table_name == cols.table,
+                            audit.c.row_key.in_([str(m.row_key) for m in undone]),
+                            audit.c.rolled_back_by.is_(None),
+                        )
+                        .values(rolled_back_by=ctx.run_id)
+                    )
+                    _audit(
+                        conn,
+                        ctx,
+                        [
+                            _skipped(ctx, "mark_error", m.finding, "object_appeared_at_commit")
+                            for m in undone
+                        ],
+                    )
+            break
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            raise DatabaseError(
+                f"batch {number} of {total} (mark_error on {cols.table}) is applied, but undoing "
+                f"the marks of {len(appeared)} rows whose objects were stored while it committed "
+                f"failed: {db_error_reason(exc)} (rows "
+                + ", ".join(str(m.row_key) for m in appeared[:5])
+                + ("…" if len(appeared) > 5 else "")
+                + ")"
+            ) from None
+    ctx.counts["marked_error"] -= len(undone)
+    ctx.counts["skipped_appeared"] += len(undone)
 
 
 def _requeue_or_retry(
