@@ -4,8 +4,9 @@ of a remediation run, and the demo.
 Every failure a user can cause (a bad flag, a bad duration, an unreachable database, a missing
 bucket, a spec error, a refused remediation) ends with one line on stderr and a non-zero exit,
 never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
-nothing changed), 2 usage error, 1 any other error (remediation refused by the missing opt-in
-or the circuit breaker, among others). A run that finishes ends with one structured JSON log
+nothing changed), 4 --apply stopped because the storage re-checks ran out of their time budget
+(the batches before stay applied), 2 usage error, 1 any other error (remediation refused by the
+missing opt-in or the circuit breaker, among others). A run that finishes ends with one structured JSON log
 line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
 Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
 """
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 PROG = "integrity"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_STOPPED = 4  # --apply stopped: the re-check budget ran out; the applied batches stay
 REPORT_SUFFIXES = (".csv", ".jsonl")
 LIST_CONCURRENCY, RECHECK_CONCURRENCY = 8, 5
 # The finding kinds remediation acts on (integrity.diff.ACTION_KINDS, spelled out here so that
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report drift between storage and the database. A dry run unless --apply is "
         f"given (which also needs {settings.ENV_ALLOW_WRITES}=1 in the environment). "
         "Exit status: 0 complete report, 3 incomplete report (with --apply: refused), "
+        "4 --apply stopped when the storage re-checks ran out of --recheck-budget (the batches "
+        "before stay applied; the error line names the run), "
         "2 usage error, 1 other error (a refused --apply among them).",
     )
     rec.add_argument(
@@ -260,6 +264,13 @@ def _add_remediation_arguments(rec: argparse.ArgumentParser) -> None:
         help="wait this long between batches, to spare a busy database (default 0)",
     )
     group.add_argument(
+        "--recheck-budget",
+        metavar="DURATION",
+        default="5m",
+        help="time the storage re-checks of a run may take in all (default 5m); when it runs "
+        f"out the run stops after the batch at hand, with exit status {EXIT_STOPPED}",
+    )
+    group.add_argument(
         "--queue-url",
         metavar="URL",
         help=f"SQS queue for re-queued objects (env {settings.ENV_QUEUE_URL}; default: the "
@@ -429,8 +440,10 @@ REMEDIATION_COUNTS: dict[str, str] = {
     "already_queued": "objects already waiting in the queue: not queued twice",
     "skipped_changed": "rows changed since the inventory: left as they are",
     "skipped_present": "objects found on the re-check: not marked error",
+    "skipped_appeared": "objects stored while their batch was written: not marked error",
     "skipped_gone": "objects gone on the re-check: not queued",
-    "skipped_unverified": "objects whose re-check failed: left alone",
+    "skipped_unverified": "objects whose re-check failed: left alone (audited with the reason)",
+    "not_verified": "findings the re-check budget left no time for: left alone",
 }
 ROLLBACK_COUNTS: dict[str, str] = {
     "restored": "rows given back their values from before the run",
@@ -450,6 +463,7 @@ class Remediation:
     planned: dict[str, int] | None = None  # findings per action a dry run would hand to --apply
     refused: str | None = None  # why --apply is (or would be) refused
     queue: str | None = None  # where re-queued objects go
+    stopped: str | None = None  # the error line of an --apply the re-check budget stopped
 
 
 def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
@@ -470,6 +484,7 @@ def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit: must be at least 1, not {args.limit}")
     pause = parse_duration(args.pause, option="--pause").total_seconds()
+    budget = parse_duration(args.recheck_budget, option="--recheck-budget").total_seconds()
     try:
         return RemediationOptions(
             dry_run=dry_run,
@@ -482,6 +497,7 @@ def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
             max_change_ratio=args.max_change_ratio,
             force=args.force,
             pause=pause,
+            recheck_budget=budget,
         )
     except SpecError as exc:
         option, _, reason = str(exc).partition(": ")
@@ -586,6 +602,7 @@ def apply_remediation(
 ) -> Remediation:
     """Run the core's remediation; a refusal is returned (the caller prints it), failures raise."""
     from integrity.remediation import remediate
+    from integrity.remediation.apply import RecheckBudgetExhausted
 
     run_id = uuid.uuid4().hex
     display = _BatchProgress(sys.stderr if progress else None)
@@ -602,6 +619,12 @@ def apply_remediation(
         )
     except RemediationRefused as exc:
         return Remediation(refused=_cli_wording(str(exc)), queue=work_queue.description)
+    except RecheckBudgetExhausted as exc:
+        return Remediation(
+            result=exc.result,
+            queue=work_queue.description,
+            stopped=f"{exc}; `integrity rollback --run-id {run_id}` undoes the applied batches",
+        )
     except IntegrityError as exc:
         if display.applied:  # say which run to roll back what was applied
             raise type(exc)(
@@ -636,13 +659,16 @@ def format_remediation(remediation: Remediation) -> list[str]:
     width = max(len(k) for k in REMEDIATION_COUNTS)
     lines = [
         "",
-        f"remediation applied: run {result.run_id}, {result.batches:,} batches in "
+        (f"remediation STOPPED ({result.stopped})" if result.stopped else "remediation applied")
+        + f": run {result.run_id}, {result.batches:,} batches in "
         f"{result.seconds:.2f} s, queue: {remediation.queue}",
     ]
-    lines += [
-        f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
-        for name, meaning in REMEDIATION_COUNTS.items()
-    ]
+    for name, meaning in REMEDIATION_COUNTS.items():
+        line = f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
+        if counts[name] and name in ("skipped_unverified", "not_verified"):
+            per_action = [(a, c[name]) for a, c in result.by_action.items() if c[name]]
+            line += " (" + ", ".join(f"{a} {n:,}" for a, n in per_action) + ")"
+        lines.append(line)
     lines.append(f"  {'updated':<{width}}  {result.updated:>6,}  rows changed or created in total")
     if result.updated or counts["requeued"]:
         lines += [
@@ -827,6 +853,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.apply and remediation.refused:
         sys.stdout.flush()
         return _error(remediation.refused, EXIT_ERROR if report.complete else EXIT_INCOMPLETE)
+    if remediation.stopped:
+        sys.stdout.flush()
+        return _error(remediation.stopped, EXIT_STOPPED)
     _completed(report, remediation)
     return code
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -29,6 +30,7 @@ class FlakyProxy:
         self.lists_served = 0
         self.lists_failed = 0
         self.fail_heads_after: int | None = None  # every HEAD after this many succeed gets 503
+        self.fail_delay = 0.0  # seconds each such 503 takes (a store that is slow to fail)
         self.refuse_keys: tuple[str, ...] = ()  # HEADs of keys containing these get 400
         self.reset_keys: tuple[str, ...] = ()  # HEADs of keys containing these: connection reset
         self.heads_served = 0
@@ -92,7 +94,10 @@ class FlakyProxy:
                 conn.close()
 
             def _head_fault(self, key: str) -> bool:
-                """Answer a HEAD with a fault, if one is set for it; True if it was answered."""
+                """Answer a HEAD of an object with a fault, if one is set for it; True if it was
+                answered. HEADs of the bucket itself are forwarded."""
+                if not key.lstrip("/").partition("/")[2]:
+                    return False
                 if any(k in key for k in proxy.reset_keys):
                     self.close_connection = True  # no answer at all: the client sees a reset
                     return True
@@ -109,6 +114,7 @@ class FlakyProxy:
                     else:
                         proxy.heads_served += 1
                 if fail:
+                    time.sleep(proxy.fail_delay)
                     self._answer(503)
                 return fail
 

@@ -212,7 +212,10 @@ def writer_race(
     result.appeared_at_commit = reasons["object_appeared_at_commit"]
     commits.sort()
     for row_id, row in final.items():
-        if row_id in row_writes and (row.status, row.updated_at) != ("complete", row_writes[row_id]):
+        if row_id in row_writes and (row.status, row.updated_at) != (
+            "complete",
+            row_writes[row_id],
+        ):
             result.lost_row_writes.append(row_id)
         if row.status != "error":
             continue

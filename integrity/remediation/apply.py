@@ -370,7 +370,8 @@ def _stop(
         result.counts["not_verified"] += len(batch)
         result.by_action.setdefault(action, Counter())["not_verified"] += len(batch)
     batch = batches[number - 1]
-    budget = format_duration(timedelta(seconds=ctx.options.recheck_budget))
+    seconds = ctx.options.recheck_budget
+    budget = format_duration(timedelta(seconds=seconds)) if seconds >= 1 else f"{seconds:g}s"
     result.stopped = f"storage re-checks ran out of their {budget} time budget"
     raise RecheckBudgetExhausted(
         f"{result.stopped} in batch {number} of {len(batches)} "
