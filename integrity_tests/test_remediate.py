@@ -443,8 +443,7 @@ def test_a_writer_fixing_rows_during_the_run_never_loses_a_fix(world: World) -> 
     fixed = set(modes)
     assert all(docs[r]["status"] == "error" for r, _ in items if r not in fixed)
     marked = {
-        r["row_key"]
-        for r in ledger_rows(engine, audit, run_id=result.run_id, action="mark_error")
+        r["row_key"] for r in ledger_rows(engine, audit, run_id=result.run_id, action="mark_error")
     }
     assert result.counts["marked_error"] == len(marked)
     assert {r for r, row in docs.items() if row["status"] == "error"} == marked - set(stamps)
