@@ -13,7 +13,9 @@ PostgreSQL, and two `--apply` processes at once on PostgreSQL. Prints the figure
    its object's store was acknowledged before the mark was decided (`wrong_before_lock`), before
    the mark's transaction committed (`wrong_before_commit`), or its LastModified is before that
    commit (`wrong_last_modified`). `lost_row_writes`: a row write of the writer not in the table.
-   Promise: all four are 0, and audit and table agree.
+   Promise: wrong_before_lock, wrong_before_commit and lost_row_writes are 0, and audit and table
+   agree. wrong_last_modified is printed too (an mtime is set when the bytes are written, before
+   the rename that makes the object visible, so it is a close but not an exact witness).
 2. Two applies at once: the same saved report (missing originals and orphan uploads) is applied
    by two processes (integrity_tests/remediation_worker.py) started together on PostgreSQL.
    Promise: every change is made and audited exactly once across both runs (no double-apply), the
@@ -314,15 +316,12 @@ def main() -> int:
     print(f"{'writer race':<22}" + "".join(f"{r['database']:>12}" for r in figures["races"]))
     for column in columns:
         print(f"  {column:<20}" + "".join(f"{str(r[column]):>12}" for r in figures["races"]))
+    # wrong_last_modified is printed, not promised: an mtime is set when the bytes are written,
+    # before the rename makes the object visible, so it can precede a commit the object followed.
     ok = all(
         r[k] == 0
         for r in figures["races"]
-        for k in (
-            "wrong_before_lock",
-            "wrong_before_commit",
-            "wrong_last_modified",
-            "lost_row_writes",
-        )
+        for k in ("wrong_before_lock", "wrong_before_commit", "lost_row_writes")
     ) and all(r["audit_agrees"] for r in figures["races"])
     two = figures["two_applies"]
     if two is not None:
