@@ -208,6 +208,8 @@ class _Context:
     recheck_seconds: float = 0.0  # spent so far on storage re-checks, of options.recheck_budget
     out_of_budget: bool = False  # a re-check found the budget spent: stop after this batch
     marked: list[_Mark] = field(default_factory=list)  # the rows the batch's commit marked
+    pool: ThreadPoolExecutor | None = None  # the re-checks' HEADs, `concurrency` at a time
+    resolved: dict[Any, list[str]] = field(default_factory=dict)  # the batch's references' keys
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,7 @@ def remediate(
         create_ledger(engine)
         start_run(engine, run_id, "remediate", report.scope, None)
     batches = list(_batches(plan, options.batch_size))
+    ctx.pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="recheck")
     try:
         for number, batch in enumerate(batches, start=1):
             if number > 1 and options.pause:
@@ -355,6 +358,8 @@ def remediate(
         if not options.dry_run:
             finish_run(engine, run_id, "failed", result)
         raise
+    finally:
+        ctx.pool.shutdown(cancel_futures=True)
     result.seconds = time.perf_counter() - started
     if not options.dry_run:
         finish_run(engine, run_id, "completed", result)
@@ -395,6 +400,7 @@ def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
 def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, bucket: str) -> None:
     action = batch["action"].iloc[0]
     table = batch["table"].iloc[0]
+    ctx.resolved = {}
     verified, skipped = _recheck_storage(ctx, batch, action)
     if verified.empty and (not skipped or ctx.options.dry_run):
         return
@@ -424,12 +430,18 @@ def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, b
 def _candidates(ctx: _Context, batch: pd.DataFrame, action: str) -> list[list[str]]:
     """The keys to look at for each finding: a reference in every spelling, or the object."""
     if action == "mark_error":
-        parsed = resolve_references(batch["reference"], ctx.store.bucket)
-        return [
-            [k for k in (key, alt) if isinstance(k, str)]
-            for key, alt in zip(parsed["key"], parsed["alternative"])
-        ]
+        return _reference_keys(ctx, list(batch["reference"]))
     return [[k] for k in batch["key"]]
+
+
+def _reference_keys(ctx: _Context, references: list[Any]) -> list[list[str]]:
+    """Each reference's keys (its key and the alternative spelling), parsed once per batch."""
+    new = [r for r in dict.fromkeys(references) if r not in ctx.resolved]
+    if new:
+        parsed = resolve_references(pd.Series(new, dtype=object), ctx.store.bucket)
+        for reference, key, alt in zip(new, parsed["key"], parsed["alternative"]):
+            ctx.resolved[reference] = [k for k in (key, alt) if isinstance(k, str)]
+    return [ctx.resolved[r] for r in references]
 
 
 PRESENT, ABSENT, UNVERIFIED, LATE = "present", "absent", "unverified", "late"
@@ -453,10 +465,10 @@ def _look(ctx: _Context, candidates: list[list[str]]) -> list[tuple[str, str | N
             return UNVERIFIED, _clip(f"{exc.strerror or type(exc).__name__}: {exc.filename}")
 
     try:
-        with ThreadPoolExecutor(
-            max_workers=ctx.options.concurrency, thread_name_prefix="recheck"
-        ) as pool:
-            seen = list(pool.map(look, candidates))
+        if ctx.pool is None:
+            seen = [look(keys) for keys in candidates]
+        else:
+            seen = list(ctx.pool.map(look, candidates))
     finally:
         ctx.recheck_seconds += time.monotonic() - started
     if any(state == LATE for state, _ in seen):
@@ -683,8 +695,7 @@ def _still_missing(
     items = [item for group in groups.values() for item in group]
     if not items:
         return groups
-    batch = pd.DataFrame([finding._asdict() for finding, _ in items])
-    seen = _look(ctx, _candidates(ctx, batch, "mark_error"))
+    seen = _look(ctx, _reference_keys(ctx, [finding.reference for finding, _ in items]))
     records: list[dict[str, Any]] = []
     left: set[int] = set()
     for (finding, _), (state, reason) in zip(items, seen):
@@ -719,8 +730,7 @@ def _undo_appeared(ctx: _Context, number: int, total: int) -> None:
     look under the lock has made rare.
     """
     marked, ctx.marked = ctx.marked, []
-    batch = pd.DataFrame([m.finding._asdict() for m in marked])
-    seen = _look(ctx, _candidates(ctx, batch, "mark_error"))
+    seen = _look(ctx, _reference_keys(ctx, [m.finding.reference for m in marked]))
     appeared = [m for m, (state, _) in zip(marked, seen) if state == PRESENT]
     if not appeared:
         return
