@@ -20,6 +20,11 @@ PostgreSQL, and two `--apply` processes at once on PostgreSQL. Prints the figure
    by two processes (integrity_tests/remediation_worker.py) started together on PostgreSQL.
    Promise: every change is made and audited exactly once across both runs (no double-apply), the
    counts of the two runs add up to the findings, and the tables are what the audit says.
+3. A store failing every HEAD: `integrity reconcile --apply` on `--failing-findings` missing
+   originals (SQLite) through integrity_tests/flaky_proxy.py in front of moto, which answers 503
+   to every object HEAD, with `--recheck-budget` set to `--failing-budget`. Promise: the command
+   ends within the budget plus the retries of the HEADs in flight, with exit status 4, one line
+   naming the run, no row changed, and the run recorded as failed.
 
 PostgreSQL: a scratch database (`--pg-database`, default bench_races) is created on the server of
 `--postgres-url` and dropped at the end; the storage is a local directory per run.
@@ -233,6 +238,102 @@ def two_applies(url: str, *, missing: int, orphans: int, batch_size: int) -> dic
         engine.dispose()
 
 
+# --------------------------------------------------------------------------- 3. a failing store
+
+
+def failing_store(findings: int, budget: str) -> dict[str, Any]:
+    import re
+    import uuid
+
+    from moto.server import ThreadedMotoServer
+
+    from integrity_tests.flaky_proxy import FlakyProxy
+
+    aws = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    }
+    os.environ.update(aws)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    bucket = f"integrity-{uuid.uuid4().hex[:12]}"
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=bucket)
+        with (
+            tempfile.TemporaryDirectory(prefix="failing-store-") as tmp,
+            FlakyProxy(f"http://{host}:{port}") as proxy,
+        ):
+            url = f"sqlite:///{tmp}/failing.sqlite"
+            engine = sa.create_engine(url)
+            create_reference_schema(engine)
+            at = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=2)
+            with engine.begin() as conn:
+                conn.execute(
+                    schema.documents.insert(),
+                    [
+                        dict(
+                            id=f"gone-{n:05d}",
+                            organization_id="org-1",
+                            r2_key=f"documents/org-1/gone-{n:05d}.pdf",
+                            status="complete",
+                            created_at=at,
+                            updated_at=at,
+                        )
+                        for n in range(findings)
+                    ],
+                )
+            with engine.connect() as conn:
+                before = conn.execute(sa.select(schema.documents)).all()
+            proxy.fail_heads_after = 0
+            started = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "integrity.cli", "reconcile", "--apply", "--json"]
+                + ["--db-url", url, "--bucket", bucket, "--endpoint-url", proxy.endpoint]
+                + ["--force", "--recheck-budget", budget],
+                cwd=REPO,
+                env={**os.environ, **ALLOW, **aws},
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+            seconds = time.perf_counter() - started
+            lines = done.stderr.strip().splitlines()
+            match = re.search(r"remediation run ([0-9a-f]{32})", lines[-1] if lines else "")
+            with engine.connect() as conn:
+                after = conn.execute(sa.select(schema.documents)).all()
+                state = None
+                if match:
+                    state = conn.execute(
+                        sa.select(ledger.remediation_runs.c.state).where(
+                            ledger.remediation_runs.c.run_id == match.group(1)
+                        )
+                    ).scalar_one_or_none()
+            engine.dispose()
+            summary = json.loads(done.stdout) if done.stdout.strip() else {}
+            return {
+                "findings": findings,
+                "budget": budget,
+                "seconds": round(seconds, 1),
+                "exit_status": done.returncode,
+                "stderr_lines": len(lines),
+                "error_line": lines[-1] if lines else None,
+                "run_named": bool(match),
+                "run_state": state,
+                "rows_changed": sum(a != b for a, b in zip(before, after)),
+                "skipped_unverified": summary.get("skipped_unverified"),
+                "not_verified": summary.get("not_verified"),
+                "head_requests_failed": proxy.heads_failed,
+            }
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -248,6 +349,12 @@ def main() -> int:
     parser.add_argument("--orphans", type=int, default=500, help="two applies: orphan uploads")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
+        "--failing-findings", type=int, default=9500, help="failing store: missing originals"
+    )
+    parser.add_argument(
+        "--failing-budget", default="30s", help="failing store: --recheck-budget (30s)"
+    )
+    parser.add_argument(
         "--postgres-url",
         default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
         help="a PostgreSQL server URL allowed to create and drop the scratch database",
@@ -262,7 +369,7 @@ def main() -> int:
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     server = sa.create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
     pg_url = sa.make_url(args.postgres_url).set(database=args.pg_database)
-    figures: dict[str, Any] = {"races": [], "two_applies": None}
+    figures: dict[str, Any] = {"races": [], "two_applies": None, "failing_store": None}
     with tempfile.TemporaryDirectory(prefix="races-sqlite-") as tmp:
         try:
             if "postgres" in databases:
@@ -292,6 +399,8 @@ def main() -> int:
                     orphans=args.orphans,
                     batch_size=args.batch_size,
                 )
+            print("a store failing every HEAD:", flush=True)
+            figures["failing_store"] = failing_store(args.failing_findings, args.failing_budget)
         finally:
             if "postgres" in databases:
                 with server.connect() as conn:
@@ -330,6 +439,14 @@ def main() -> int:
             print(f"  {key:<22} {value}")
         ok = ok and not two["failed_processes"] and two["changes_made_twice"] == 0
         ok = ok and two["queue_entries_twice"] == 0 and two["audit_agrees"]
+    failing = figures["failing_store"]
+    if failing is not None:
+        print("\na store failing every HEAD (sqlite, the CLI):")
+        for key, value in failing.items():
+            print(f"  {key:<22} {value}")
+        ok = ok and failing["exit_status"] == 4 and failing["stderr_lines"] == 1
+        ok = ok and failing["run_named"] and failing["run_state"] == "failed"
+        ok = ok and failing["rows_changed"] == 0
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print("\nall promises held" if ok else "\nA PROMISE WAS BROKEN (see above)")

@@ -620,11 +620,8 @@ def apply_remediation(
     except RemediationRefused as exc:
         return Remediation(refused=_cli_wording(str(exc)), queue=work_queue.description)
     except RecheckBudgetExhausted as exc:
-        return Remediation(
-            result=exc.result,
-            queue=work_queue.description,
-            stopped=f"{exc}; `integrity rollback --run-id {run_id}` undoes the applied batches",
-        )
+        undo = f"; `integrity rollback --run-id {run_id}` undoes them" if exc.result.updated else ""
+        return Remediation(result=exc.result, queue=work_queue.description, stopped=f"{exc}{undo}")
     except IntegrityError as exc:
         if display.applied:  # say which run to roll back what was applied
             raise type(exc)(

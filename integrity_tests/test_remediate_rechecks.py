@@ -266,9 +266,10 @@ def test_budget_and_skips_in_the_cli_exit_4_with_one_line_naming_the_run(
     (line,) = err.strip().splitlines()
     match = re.fullmatch(
         r"integrity: error: storage re-checks ran out of their 0.5s time budget in batch 2 of 3 "
-        r"\(mark_error on documents\): \d+ findings were not verified and are left as they are; "
-        r"the batches before are applied and audited \(remediation run ([0-9a-f]{32}), recorded "
-        r"as failed\)\. .* `integrity rollback --run-id \1` undoes the applied batches",
+        r"\(mark_error on documents\): 9 findings were not verified and are left as they are "
+        r"\(1 more could not be checked\); the 5 changes verified before are applied and audited "
+        r"\(remediation run ([0-9a-f]{32}), recorded as failed\)\. .*; "
+        r"`integrity rollback --run-id \1` undoes them",
         line,
     )
     assert match, line

@@ -381,9 +381,11 @@ def _stop(
     raise RecheckBudgetExhausted(
         f"{result.stopped} in batch {number} of {len(batches)} "
         f"({batch['action'].iloc[0]} on {batch['table'].iloc[0]}): "
-        f"{result.counts['not_verified']:,} findings were not verified and are left as they are; "
-        f"the batches before are applied and audited (remediation run {ctx.run_id}, recorded as "
-        "failed). The store answers slowly or not at all: check it, then run again",
+        f"{result.counts['not_verified']:,} findings were not verified and are left as they are "
+        f"({result.counts['skipped_unverified']:,} more could not be checked); the "
+        f"{result.updated:,} changes verified before are applied and audited (remediation run "
+        f"{ctx.run_id}, recorded as failed). The store answers slowly or not at all: check it, "
+        "then run again",
         result,
     )
 
