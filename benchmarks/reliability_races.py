@@ -81,6 +81,7 @@ def race_rounds(url: str, *, stores: int, rows: int, batch_size: int, seed: int)
         "lost_row_writes": [],
     }
     agrees = True
+    details: list[dict[str, Any]] = []
     engine = sa.create_engine(url)
     try:
         while totals["racing_stores"] < stores:
@@ -98,6 +99,7 @@ def race_rounds(url: str, *, stores: int, rows: int, batch_size: int, seed: int)
                     totals[key] += value
             for key in wrong:
                 wrong[key] += getattr(result, key)
+            details += result.last_modified_details
             agrees = agrees and result.audit_agrees
             print(
                 f"  {engine.dialect.name} round {len(rounds)}: {figures['racing_stores']:,} racing "
@@ -121,6 +123,7 @@ def race_rounds(url: str, *, stores: int, rows: int, batch_size: int, seed: int)
         **dict(totals),
         **{key: len(ids) for key, ids in wrong.items()},
         "wrong_examples": {key: ids[:5] for key, ids in wrong.items() if ids},
+        "last_modified_details": details[:20],
         "audit_agrees": agrees,
     }
 

@@ -57,6 +57,7 @@ class RaceResult:
     wrong_before_commit: list[str] = field(default_factory=list)
     wrong_last_modified: list[str] = field(default_factory=list)
     lost_row_writes: list[str] = field(default_factory=list)
+    last_modified_details: list[dict[str, Any]] = field(default_factory=list)
     appeared_under_lock: int = 0  # marks not made: the look under the row lock saw the object
     appeared_at_commit: int = 0  # marks undone: the look after the commit saw the object
     audit_agrees: bool = False
@@ -228,6 +229,19 @@ def writer_race(
             result.wrong_before_commit.append(row_id)
         if head is not None and head.last_modified.replace(tzinfo=None) < committed:
             result.wrong_last_modified.append(row_id)
+            ack = acked.get(row_id)
+            result.last_modified_details.append(
+                {
+                    "row": row_id,
+                    "last_modified_before_commit_ms": round(
+                        (committed - head.last_modified.replace(tzinfo=None)).total_seconds() * 1e3,
+                        3,
+                    ),
+                    "stored_after_commit_ms": None
+                    if ack is None
+                    else round((ack - committed).total_seconds() * 1e3, 3),
+                }
+            )
     # audit and table agree: every mark is in the table, unless the writer's row write came after
     errors_now = {r for r, row in final.items() if row.status == "error"}
     result.audit_agrees = (
