@@ -6,8 +6,9 @@ bucket, a spec error, a refused remediation) ends with one line on stderr and a 
 never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
 nothing changed), 4 --apply stopped because the storage re-checks ran out of their time budget
 (the batches before stay applied), 2 usage error, 1 any other error (remediation refused by the
-missing opt-in or the circuit breaker, among others). A run that finishes ends with one structured JSON log
-line on stderr ("msg": "reconcile: completed" or "rollback: completed") carrying its counts.
+missing opt-in or the circuit breaker, among others). A run that finishes ends with one
+structured JSON log line on stderr ("msg": "reconcile: completed" or "rollback: completed")
+carrying its counts.
 Heavy imports (pandas, SQLAlchemy, dagster-aws) happen inside the commands so `--help` is fast.
 """
 
