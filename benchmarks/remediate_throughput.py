@@ -297,8 +297,10 @@ def build_world(n: int, healthy: int, seed: int, base: datetime) -> dict[str, An
         "already_queued": 0,
         "skipped_changed": 0,
         "skipped_present": 0,
+        "skipped_appeared": 0,
         "skipped_gone": 0,
         "skipped_unverified": 0,
+        "not_verified": 0,
     }
     return {
         "objects": objects,

@@ -4,10 +4,11 @@ of a remediation run, and the demo.
 Every failure a user can cause (a bad flag, a bad duration, an unreachable database, a missing
 bucket, a spec error, a refused remediation) ends with one line on stderr and a non-zero exit,
 never a traceback. Exit codes: 0 complete report, 3 incomplete report (with --apply: refused,
-nothing changed), 2 usage error (a bad flag, environment value or spec), 1 any other error
-(remediation refused by the missing opt-in or the circuit breaker, among others). A run that
-finishes ends with one structured JSON log line on stderr ("msg": "reconcile: completed" or
-"rollback: completed") carrying its counts.
+nothing changed), 4 --apply stopped because the storage re-checks ran out of their time budget
+(the batches before stay applied), 2 usage error (a bad flag, environment value or spec), 1 any
+other error (remediation refused by the missing opt-in or the circuit breaker, among others). A
+run that finishes ends with one structured JSON log line on stderr ("msg": "reconcile: completed" or "rollback: completed")
+carrying its counts.
 Heavy imports (pandas, SQLAlchemy, boto3) happen inside the commands so `--help` is fast.
 """
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 PROG = "integrity"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_STOPPED = 4  # --apply stopped: the re-check budget ran out; the applied batches stay
 REPORT_SUFFIXES = (".csv", ".jsonl")
 LIST_CONCURRENCY, RECHECK_CONCURRENCY = 8, 5
 # Upper bounds of the count flags: a batch is one transaction and one statement's parameters
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report drift between storage and the database. A dry run unless --apply is "
         f"given (which also needs {settings.ENV_ALLOW_WRITES}=1 in the environment). "
         "Exit status: 0 complete report, 3 incomplete report (with --apply: refused), "
+        "4 --apply stopped when the storage re-checks ran out of --recheck-budget (the batches "
+        "before stay applied; the error line names the run), "
         "2 usage or spec error, 1 other error (a refused --apply among them).",
     )
     rec.add_argument(
@@ -291,6 +295,13 @@ def _add_remediation_arguments(rec: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         default="0",
         help="wait this long between batches, to spare a busy database (default 0)",
+    )
+    group.add_argument(
+        "--recheck-budget",
+        metavar="DURATION",
+        default="5m",
+        help="time the storage re-checks of a run may take in all (default 5m); when it runs "
+        f"out the run stops after the batch at hand, with exit status {EXIT_STOPPED}",
     )
     group.add_argument(
         "--queue-url",
@@ -583,8 +594,10 @@ REMEDIATION_COUNTS: dict[str, str] = {
     "already_queued": "objects already waiting in the queue: not queued twice",
     "skipped_changed": "rows changed since the inventory: left as they are",
     "skipped_present": "objects found on the re-check: not marked error",
+    "skipped_appeared": "objects stored while their batch was written: not marked error",
     "skipped_gone": "objects gone on the re-check: not queued",
-    "skipped_unverified": "objects whose re-check failed: left alone",
+    "skipped_unverified": "objects whose re-check failed: left alone (audited with the reason)",
+    "not_verified": "findings the re-check budget left no time for: left alone",
 }
 ROLLBACK_COUNTS: dict[str, str] = {
     "restored": "rows given back their values from before the run",
@@ -606,6 +619,7 @@ class Remediation:
     queue: str | None = None  # where re-queued objects go
     # earlier runs found interrupted (their lease ran out) and recorded as failed by --apply
     interrupted: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # the error line of an --apply the re-check budget stopped
 
 
 def _parse_kinds(text: str | None) -> tuple[str, ...] | None:
@@ -629,6 +643,7 @@ def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
             f"--batch-size: must be at most {MAX_BATCH_SIZE:,}, not {args.batch_size:,}"
         )
     pause = parse_duration(args.pause, option="--pause").total_seconds()
+    budget = parse_duration(args.recheck_budget, option="--recheck-budget").total_seconds()
     try:
         return RemediationOptions(
             dry_run=dry_run,
@@ -641,6 +656,7 @@ def remediation_options(args: argparse.Namespace, *, dry_run: bool) -> Any:
             max_change_ratio=args.max_change_ratio,
             force=args.force,
             pause=pause,
+            recheck_budget=budget,
         )
     except SpecError as exc:
         option, _, reason = str(exc).partition(": ")
@@ -753,6 +769,7 @@ def apply_remediation(
 
     Runs whose process died (their lease ran out) are recorded as failed first, and named."""
     from integrity.remediation import remediate
+    from integrity.remediation.apply import RecheckBudgetExhausted
     from integrity.remediation.ledger import fail_interrupted_runs
 
     run_id = uuid.uuid4().hex
@@ -772,6 +789,14 @@ def apply_remediation(
     except RemediationRefused as exc:
         return Remediation(
             refused=_cli_wording(str(exc)), queue=work_queue.description, interrupted=interrupted
+        )
+    except RecheckBudgetExhausted as exc:
+        undo = f"; `integrity rollback --run-id {run_id}` undoes them" if exc.result.updated else ""
+        return Remediation(
+            result=exc.result,
+            queue=work_queue.description,
+            stopped=f"{exc}{undo}",
+            interrupted=interrupted,
         )
     except IntegrityError as exc:
         if display.applied:  # say which run to roll back what was applied
@@ -839,13 +864,16 @@ def format_remediation(remediation: Remediation) -> list[str]:
     lines = [
         *format_interrupted(remediation.interrupted),
         "",
-        f"remediation applied: run {result.run_id}, {result.batches:,} batches in "
+        (f"remediation STOPPED ({result.stopped})" if result.stopped else "remediation applied")
+        + f": run {result.run_id}, {result.batches:,} batches in "
         f"{result.seconds:.2f} s, queue: {remediation.queue}",
     ]
-    lines += [
-        f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
-        for name, meaning in REMEDIATION_COUNTS.items()
-    ]
+    for name, meaning in REMEDIATION_COUNTS.items():
+        line = f"  {name:<{width}}  {counts[name]:>6,}  {meaning}"
+        if counts[name] and name in ("skipped_unverified", "not_verified"):
+            per_action = [(a, c[name]) for a, c in result.by_action.items() if c[name]]
+            line += " (" + ", ".join(f"{a} {n:,}" for a, n in per_action) + ")"
+        lines.append(line)
     lines.append(f"  {'updated':<{width}}  {result.updated:>6,}  rows changed or created in total")
     if result.updated or counts["requeued"]:
         lines += [
@@ -1039,6 +1067,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.apply and remediation.refused:
         sys.stdout.flush()
         return _error(remediation.refused, EXIT_ERROR if report.complete else EXIT_INCOMPLETE)
+    if remediation.stopped:
+        sys.stdout.flush()
+        return _error(remediation.stopped, EXIT_STOPPED)
     _completed(report, remediation)
     return code
 

@@ -1,15 +1,18 @@
 """An HTTP proxy in front of moto that misbehaves the way real S3-compatible stores do.
 
 It can answer ListObjectsV2 with 503 SlowDown (transient or for good) and cap the keys per
-page below what the client asked for (as R2 may), while forwarding everything else untouched.
+page below what the client asked for (as R2 may); answer HEAD with 503 SlowDown for good, refuse
+some keys with 400 InvalidArgument, or reset the connection on them; and forward everything else
+untouched.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -26,6 +29,12 @@ class FlakyProxy:
         self.max_keys: int | None = None  # cap keys per page
         self.lists_served = 0
         self.lists_failed = 0
+        self.fail_heads_after: int | None = None  # every HEAD after this many succeed gets 503
+        self.fail_delay = 0.0  # seconds each such 503 takes (a store that is slow to fail)
+        self.refuse_keys: tuple[str, ...] = ()  # HEADs of keys containing these get 400
+        self.reset_keys: tuple[str, ...] = ()  # HEADs of keys containing these: connection reset
+        self.heads_served = 0
+        self.heads_failed = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -41,6 +50,8 @@ class FlakyProxy:
                 path = self.path
                 query = dict(parse_qsl(urlsplit(path).query, keep_blank_values=True))
                 is_list = self.command == "GET" and query.get("list-type") == "2"
+                if self.command == "HEAD" and self._head_fault(unquote(urlsplit(path).path)):
+                    return
                 if is_list:
                     with proxy._lock:
                         fail = proxy.fail_next_lists > 0 or (
@@ -81,6 +92,37 @@ class FlakyProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+
+            def _head_fault(self, key: str) -> bool:
+                """Answer a HEAD of an object with a fault, if one is set for it; True if it was
+                answered. HEADs of the bucket itself are forwarded."""
+                if not key.lstrip("/").partition("/")[2]:
+                    return False
+                if any(k in key for k in proxy.reset_keys):
+                    self.close_connection = True  # no answer at all: the client sees a reset
+                    return True
+                if any(k in key for k in proxy.refuse_keys):
+                    self._answer(400)
+                    return True
+                with proxy._lock:
+                    fail = (
+                        proxy.fail_heads_after is not None
+                        and proxy.heads_served >= proxy.fail_heads_after
+                    )
+                    if fail:
+                        proxy.heads_failed += 1
+                    else:
+                        proxy.heads_served += 1
+                if fail:
+                    time.sleep(proxy.fail_delay)
+                    self._answer(503)
+                return fail
+
+            def _answer(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

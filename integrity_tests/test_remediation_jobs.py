@@ -184,6 +184,7 @@ def test_config_schemas_show_the_fields_with_defaults(defs: dg.Definitions) -> N
         "max_change_ratio": 0.2,
         "force": False,
         "pause": 0.0,
+        "recheck_budget": 300.0,
     }
     op_config = remediate.run_config_schema.config_type.fields["ops"].config_type.fields
     fields = op_config[REMEDIATE_OP].config_type.fields["config"].config_type.fields
@@ -628,3 +629,57 @@ def test_a_killed_remediation_is_named_recorded_as_failed_and_rolled_back(
     )
     assert undone.success, undone.get_step_failure_events()
     assert table_contents(engine) == before
+
+
+@pytest.mark.usefixtures("allow_writes")
+def test_a_store_failing_every_head_fails_the_step_within_the_recheck_budget(
+    defs: dg.Definitions,
+    moto_endpoint: str,
+    s3_client: Any,
+    bucket: str,
+    sqlite_engine: sa.Engine,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    """Every HEAD answers 503 (slowly): the run stops when its re-check budget is spent, the
+    step fails with one line naming the run, and the counts are on the failure."""
+    plant_drift(S3Storage(s3_client, bucket), sqlite_engine)
+    direct = StorageResource(bucket=bucket, endpoint_url=moto_endpoint, region_name="us-east-1")
+    reconcile(_resources(tmp_path, sqlite_engine, direct), instance)
+    before = table_contents(sqlite_engine)
+    with FlakyProxy(moto_endpoint) as proxy:
+        proxy.fail_heads_after, proxy.fail_delay = 0, 0.3
+        flaky = StorageResource(
+            bucket=bucket,
+            endpoint_url=proxy.endpoint,
+            region_name="us-east-1",
+            max_attempts=1,
+            listing_attempts=1,
+        )
+        result = run_job(
+            defs,
+            "remediate",
+            _resources(tmp_path, sqlite_engine, flaky),
+            instance,
+            {"dry_run": False, "force": True, "concurrency": 1, "recheck_budget": 0.1},
+        )
+
+    message = failure_message(result)
+    assert message.startswith("storage re-checks ran out of their 0.1s time budget in batch ")
+    assert f"(remediation run {result.run_id}, recorded as failed)" in message
+    [failure] = result.get_step_failure_events()
+    meta = {k: v.value for k, v in failure.step_failure_data.user_failure_data.metadata.items()}
+    assert meta["run_id"] == result.run_id and meta["updated"] == 0
+    assert meta["skipped_unverified"] == 1 and meta["not_verified"] >= 1
+    assert sum(n for k, n in meta.items() if k.startswith("skipped_unverified/")) == 1
+    with sqlite_engine.connect() as conn:
+        [state] = conn.execute(
+            sa.select(ledger.remediation_runs.c.state).where(
+                ledger.remediation_runs.c.run_id == result.run_id
+            )
+        ).scalars()
+    assert state == "failed"
+    after = table_contents(sqlite_engine)
+    assert {t: after[t] for t in ("documents", "images", "processing_jobs")} == {
+        t: before[t] for t in ("documents", "images", "processing_jobs")
+    }

@@ -34,11 +34,13 @@ from integrity.remediation import (
     remediate,
     writes_allowed,
 )
+from integrity.remediation.apply import RecheckBudgetExhausted
 from integrity.remediation.ledger import (
     fail_interrupted_runs,
     read_runs,
     remediation_runs,
 )
+from integrity.remediation.plan import RECHECK_BUDGET_SECONDS
 from integrity.remediation.rollback import (
     ROLLBACK_COUNTS,
     RollbackResult,
@@ -97,6 +99,12 @@ class RemediationConfig(dg.Config):
     pause: float = Field(
         default=0.0, description="Seconds to wait between batches, to spare a busy database."
     )
+    recheck_budget: float = Field(
+        default=RECHECK_BUDGET_SECONDS,
+        description="Seconds the run's storage re-checks may take in all. When they run out, "
+        "the run stops after the batch at hand and the step fails naming the run: the batches "
+        "before stay applied, the rest is counted as not_verified.",
+    )
 
     def options(self) -> RemediationOptions:
         """The core's options; bad values raise its one-line SpecError (UsageError for tenant)."""
@@ -112,6 +120,7 @@ class RemediationConfig(dg.Config):
             max_change_ratio=self.max_change_ratio,
             force=self.force,
             pause=self.pause,
+            recheck_budget=self.recheck_budget,
         )
 
 
@@ -201,12 +210,22 @@ def _remediation_metadata(
             for action, n in sorted(result.planned.items())
         },
         **{name: dg.MetadataValue.int(result.counts[name]) for name in COUNT_NAMES},
+        **{
+            f"{name}/{action}": dg.MetadataValue.int(counts[name])
+            for action, counts in sorted(result.by_action.items())
+            for name in ("skipped_unverified", "not_verified")
+            if counts[name]
+        },
         "batches": dg.MetadataValue.int(result.batches),
         "seconds": dg.MetadataValue.float(result.seconds),
         "queue": dg.MetadataValue.text(queue_description),
         "interrupted_runs": dg.MetadataValue.int(len(ids)),
         "interrupted_run_ids": dg.MetadataValue.text(shown or "none"),
     }
+
+
+def _counts_text(result: RemediationResult) -> str:
+    return ", ".join(f"{name} {result.counts[name]}" for name in COUNT_NAMES)
 
 
 @dg.op
@@ -260,10 +279,17 @@ def apply_remediation(
                 )
         except sa.exc.SQLAlchemyError as exc:
             raise _database_failure(database, exc) from None
-    context.log.info(
-        ("would change " if result.dry_run else "changed ")
-        + ", ".join(f"{name} {result.counts[name]}" for name in COUNT_NAMES)
-    )
+        except RecheckBudgetExhausted as exc:
+            context.log.info(
+                ("would change " if exc.result.dry_run else "changed ") + _counts_text(exc.result)
+            )
+            raise dg.Failure(
+                description=str(exc),
+                metadata=_remediation_metadata(
+                    report, exc.result, work_queue.description, interrupted
+                ),
+            ) from None
+    context.log.info(("would change " if result.dry_run else "changed ") + _counts_text(result))
     context.add_output_metadata(
         _remediation_metadata(report, result, work_queue.description, interrupted)
     )

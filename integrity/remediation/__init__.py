@@ -15,6 +15,7 @@ from __future__ import annotations
 from integrity.remediation.apply import (
     COMPLETED_MSG,
     COUNT_NAMES,
+    RecheckBudgetExhausted,
     RemediationResult,
     completed_line,
     completed_record,
@@ -40,6 +41,7 @@ __all__ = [
     "COMPLETED_MSG",
     "COUNT_NAMES",
     "ROLLBACK_COMPLETED_MSG",
+    "RecheckBudgetExhausted",
     "RemediationOptions",
     "RemediationResult",
     "RollbackResult",

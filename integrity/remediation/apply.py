@@ -6,11 +6,18 @@ and a queue entry; plans behind their storage get their progress counters correc
 
 The order of safety, for every batch of at most `batch_size` findings:
 1. the plan (plan.py) refuses an incomplete report and a tripped circuit breaker;
-2. storage is checked again for the batch's objects (an object may have arrived);
+2. storage is checked again for the batch's objects (an object may have arrived); a finding
+   whose object cannot be checked (a key the store refuses, a path error, a failure that
+   outlasted the retries) is left alone as `skipped_unverified`, and the batch goes on;
 3. one transaction takes the write lock, re-reads the rows, and changes only those whose status
-   and `updated_at` are still what the inventory saw (the others are `skipped_changed`);
-4. the same transaction writes the audit records and the queue entries, then commits.
+   and `updated_at` are still what the inventory saw (the others are `skipped_changed`); rows
+   about to be marked `error` have their objects looked at once more, under the lock;
+4. the same transaction writes the audit records (findings left alone too, as `skipped` with
+   their reason) and the queue entries, then commits.
 A crash leaves whole batches applied or not at all; a second run finds nothing left to do.
+The re-checks of a run share a time budget (`recheck_budget`): once it is spent, the run stops
+after the batch at hand with RecheckBudgetExhausted, its committed batches kept and the rest
+counted as `not_verified`.
 Objects are never deleted. integrity.remediation.rollback undoes a run from its audit records.
 """
 
@@ -23,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -32,10 +39,12 @@ import sqlalchemy as sa
 from integrity import identity
 from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
+from integrity.durations import format_duration
 from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, SpecError
-from integrity.inventory import db_error_reason, safe_url
+from integrity.inventory import db_error_reason, is_transient, safe_url
 from integrity.keys import resolve_references
 from integrity.remediation.ledger import (
+    SKIPPED,
     audit,
     create_ledger,
     dump_values,
@@ -51,11 +60,13 @@ from integrity.remediation.plan import (
 )
 from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
 from integrity.remediation.rows import (
+    BATCH_ATTEMPTS,
     BatchNotApplied,
     RowConflict,
     batch_transaction,
     identity_clause,
     match_rows,
+    raw,
     rows_by_identity,
     same_value,
 )
@@ -74,8 +85,10 @@ COUNT_NAMES = (
     "already_queued",
     "skipped_changed",
     "skipped_present",
+    "skipped_appeared",
     "skipped_gone",
     "skipped_unverified",
+    "not_verified",
 )
 UPDATE_COUNTS = ("marked_error", "progress_fixed", "jobs_created", "jobs_reset", "retried")
 
@@ -91,6 +104,10 @@ class RemediationResult:
     counts: Counter = field(default_factory=Counter)
     batches: int = 0
     seconds: float = 0.0
+    by_action: dict[str, Counter] = field(default_factory=dict)
+    """The counts again, per action (mark_error, requeue, retry, fix_progress)."""
+    stopped: str | None = None
+    """Why the run stopped before its last batch (the re-check budget ran out), else None."""
 
     @property
     def updated(self) -> int:
@@ -103,8 +120,23 @@ class RemediationResult:
             "planned": self.planned,
             "updated": self.updated,
             **{name: self.counts[name] for name in COUNT_NAMES},
+            "by_action": {
+                action: {name: counts[name] for name in COUNT_NAMES if counts[name]}
+                for action, counts in self.by_action.items()
+                if any(counts[name] for name in COUNT_NAMES)
+            },
             "batches": self.batches,
+            "stopped": self.stopped,
         }
+
+
+class RecheckBudgetExhausted(IntegrityError):
+    """The run's storage re-checks used up their time budget: the run stopped after the batch at
+    hand. Its committed batches stay (and are audited); `result` counts the rest as not_verified."""
+
+    def __init__(self, message: str, result: RemediationResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def completed_record(
@@ -130,6 +162,7 @@ def completed_record(
             updated=result.updated,
             requeued=result.counts["requeued"],
             skipped_changed=result.counts["skipped_changed"],
+            skipped_unverified=result.counts["skipped_unverified"],
             dry_run=result.dry_run,
         )
     else:
@@ -186,6 +219,22 @@ class _Context:
     now: Callable[[], datetime]
     columns: dict[str, _TableColumns]
     counts: Counter
+    recheck_seconds: float = 0.0  # spent so far on storage re-checks, of options.recheck_budget
+    out_of_budget: bool = False  # a re-check found the budget spent: stop after this batch
+    marked: list[_Mark] = field(default_factory=list)  # the rows the batch's commit marked
+    pool: ThreadPoolExecutor | None = None  # the re-checks' HEADs, `concurrency` at a time
+    resolved: dict[Any, list[str]] = field(default_factory=dict)  # the batch's references' keys
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A row a batch marked `error`: what it held (raw) and what the mark wrote."""
+
+    finding: Any
+    row_key: str | None  # the identity as the audit records it (integrity.identity)
+    identity: dict[str, Any]  # each identity column's raw value
+    before: dict[str, Any]
+    after: dict[str, Any]
 
 
 def _inspect_columns(
@@ -342,24 +391,57 @@ def remediate(
         create_ledger(engine)
         start_run(engine, run_id, "remediate", report.scope, None)
     batches = list(_batches(plan, options.batch_size))
+    ctx.pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="recheck")
     try:
         for number, batch in enumerate(batches, start=1):
             if number > 1 and options.pause:
                 time.sleep(options.pause)
+            action = batch["action"].iloc[0]
+            before = result.counts.copy()
             _run_batch(ctx, batch, number, len(batches), bucket=report.bucket)
+            result.by_action.setdefault(action, Counter()).update(result.counts - before)
             result.batches = number
             if not options.dry_run:
                 work_queue.flush(engine)
             if on_batch is not None:
                 on_batch(number, len(batches))
+            if ctx.out_of_budget:
+                _stop(ctx, result, batches, number)
     except BaseException:
+        result.seconds = time.perf_counter() - started
         if not options.dry_run:
             finish_run(engine, run_id, "failed", result)
         raise
+    finally:
+        ctx.pool.shutdown(cancel_futures=True)
     result.seconds = time.perf_counter() - started
     if not options.dry_run:
         finish_run(engine, run_id, "completed", result)
     return result
+
+
+def _stop(
+    ctx: _Context, result: RemediationResult, batches: list[pd.DataFrame], number: int
+) -> None:
+    """The re-check budget is spent: count what is left as not verified and stop the run."""
+    for batch in batches[number:]:
+        action = batch["action"].iloc[0]
+        result.counts["not_verified"] += len(batch)
+        result.by_action.setdefault(action, Counter())["not_verified"] += len(batch)
+    batch = batches[number - 1]
+    seconds = ctx.options.recheck_budget
+    budget = format_duration(timedelta(seconds=seconds)) if seconds >= 1 else f"{seconds:g}s"
+    result.stopped = f"storage re-checks ran out of their {budget} time budget"
+    raise RecheckBudgetExhausted(
+        f"{result.stopped} in batch {number} of {len(batches)} "
+        f"({batch['action'].iloc[0]} on {batch['table'].iloc[0]}): "
+        f"{result.counts['not_verified']:,} findings were not verified and are left as they are "
+        f"({result.counts['skipped_unverified']:,} more could not be checked); the "
+        f"{result.updated:,} changes verified before are applied and audited (remediation run "
+        f"{ctx.run_id}, recorded as failed). The store answers slowly or not at all: check it, "
+        "then run again",
+        result,
+    )
 
 
 def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
@@ -374,64 +456,113 @@ def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
 def _run_batch(ctx: _Context, batch: pd.DataFrame, number: int, total: int, *, bucket: str) -> None:
     action = batch["action"].iloc[0]
     table = batch["table"].iloc[0]
-    verified = _recheck_storage(ctx, batch, action)
-    if verified.empty:
+    ctx.resolved = {}
+    verified, skipped = _recheck_storage(ctx, batch, action)
+    if verified.empty and (not skipped or ctx.options.dry_run):
         return
     handler = _HANDLERS[action]
+
+    def work(conn: sa.Connection, counts: Counter) -> None:
+        if not ctx.options.dry_run:
+            _audit(conn, ctx, [_skipped(ctx, action, f, reason) for f, reason in skipped])
+        if not verified.empty:
+            handler(ctx, conn, verified, counts, bucket)
+
     try:
-        counts = batch_transaction(
-            ctx.engine,
-            ctx.run_id,
-            lambda conn, counts: handler(ctx, conn, verified, counts, bucket),
-            dry_run=ctx.options.dry_run,
-        )
+        counts = batch_transaction(ctx.engine, ctx.run_id, work, dry_run=ctx.options.dry_run)
     except BatchNotApplied as exc:
         raise DatabaseError(
             f"batch {number} of {total} ({action} on {table}) was not applied: {exc}. "
             f"{number - 1} earlier batches are applied and audited; run again to finish"
         ) from None
     ctx.counts.update(counts)
+    if ctx.marked:
+        _undo_appeared(ctx, number, total)
 
 
 # --------------------------------------------------------------------------- storage re-check
 
 
-def _recheck_storage(ctx: _Context, batch: pd.DataFrame, action: str) -> pd.DataFrame:
-    """Right before writing, look at the batch's objects again (concurrently, `concurrency` at a time).
+def _candidates(ctx: _Context, batch: pd.DataFrame, action: str) -> list[list[str]]:
+    """The keys to look at for each finding: a reference in every spelling, or the object."""
+    if action == "mark_error":
+        return _reference_keys(ctx, list(batch["reference"]))
+    return [[k] for k in batch["key"]]
+
+
+def _reference_keys(ctx: _Context, references: list[Any]) -> list[list[str]]:
+    """Each reference's keys (its key and the alternative spelling), parsed once per batch."""
+    new = [r for r in dict.fromkeys(references) if r not in ctx.resolved]
+    if new:
+        parsed = resolve_references(pd.Series(new, dtype=object), ctx.store.bucket)
+        for reference, key, alt in zip(new, parsed["key"], parsed["alternative"]):
+            ctx.resolved[reference] = [k for k in (key, alt) if isinstance(k, str)]
+    return [ctx.resolved[r] for r in references]
+
+
+PRESENT, ABSENT, UNVERIFIED, LATE = "present", "absent", "unverified", "late"
+
+
+def _look(ctx: _Context, candidates: list[list[str]]) -> list[tuple[str, str | None]]:
+    """HEAD each finding's keys (`concurrency` at a time): (PRESENT | ABSENT | UNVERIFIED | LATE,
+    reason). UNVERIFIED: the store refused the key or failed after its retries, or the path
+    cannot be read. LATE: the run's re-check budget was spent before the finding's turn came."""
+    started = time.monotonic()
+    deadline = started + ctx.options.recheck_budget - ctx.recheck_seconds
+
+    def look(keys: list[str]) -> tuple[str, str | None]:
+        if time.monotonic() >= deadline:
+            return LATE, None
+        try:
+            return (PRESENT if any(ctx.store.head(k) is not None for k in keys) else ABSENT), None
+        except IntegrityError as exc:
+            return UNVERIFIED, _clip(str(exc))
+        except OSError as exc:  # a local path the system refuses: too long, a loop, denied
+            return UNVERIFIED, _clip(f"{exc.strerror or type(exc).__name__}: {exc.filename}")
+
+    try:
+        if ctx.pool is None:
+            seen = [look(keys) for keys in candidates]
+        else:
+            seen = list(ctx.pool.map(look, candidates))
+    finally:
+        ctx.recheck_seconds += time.monotonic() - started
+    if any(state == LATE for state, _ in seen):
+        ctx.out_of_budget = True
+    return seen
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _recheck_storage(
+    ctx: _Context, batch: pd.DataFrame, action: str
+) -> tuple[pd.DataFrame, list[tuple[Any, str]]]:
+    """Right before writing, look at the batch's objects again.
 
     mark_error keeps rows whose object is still absent in every spelling; requeue and retry keep
-    objects that still exist. An object whose state cannot be confirmed is left alone.
+    objects that still exist. An object whose state cannot be confirmed is left alone: returned
+    with its reason, to be audited as skipped. Findings the budget left no time for are counted
+    as not_verified (and the run stops after this batch).
     """
     if action == "fix_progress":
-        return batch
+        return batch, []
+    seen = _look(ctx, _candidates(ctx, batch, action))
+    states = pd.Series([state for state, _ in seen], index=batch.index)
+    unverified = [
+        (finding, reason)
+        for finding, (state, reason) in zip(batch.itertuples(index=False), seen)
+        if state == UNVERIFIED
+    ]
+    ctx.counts["skipped_unverified"] += len(unverified)
+    ctx.counts["not_verified"] += int((states == LATE).sum())
     if action == "mark_error":
-        parsed = resolve_references(batch["reference"], ctx.store.bucket)
-        candidates = [
-            [k for k in (key, alt) if isinstance(k, str)]
-            for key, alt in zip(parsed["key"], parsed["alternative"])
-        ]
-    else:
-        candidates = [[k] for k in batch["key"]]
-
-    def exists(keys: list[str]) -> bool | None:
-        try:
-            return any(ctx.store.head(k) is not None for k in keys)
-        except IntegrityError:
-            return None
-
-    with ThreadPoolExecutor(
-        max_workers=ctx.options.concurrency, thread_name_prefix="recheck"
-    ) as pool:
-        found = list(pool.map(exists, candidates))
-    present = pd.Series([f is True for f in found], index=batch.index)
-    unknown = pd.Series([f is None for f in found], index=batch.index)
-    ctx.counts["skipped_unverified"] += int(unknown.sum())
-    if action == "mark_error":
-        ctx.counts["skipped_present"] += int(present.sum())
-        return batch.loc[~present & ~unknown]
-    gone = ~present & ~unknown
-    ctx.counts["skipped_gone"] += int(gone.sum())
-    return batch.loc[present]
+        ctx.counts["skipped_present"] += int((states == PRESENT).sum())
+        return batch.loc[states == ABSENT], unverified
+    ctx.counts["skipped_gone"] += int((states == ABSENT).sum())
+    return batch.loc[states == PRESENT], unverified
 
 
 # --------------------------------------------------------------------------- per action
@@ -524,6 +655,13 @@ def _change(
     }
 
 
+def _skipped(ctx: _Context, action: str, finding: Any, reason: str) -> dict[str, Any]:
+    """The audit record of a finding left alone on purpose, with the reason (nothing to undo)."""
+    cols = ctx.columns[finding.table]
+    row_key = finding.row_id if action in ("mark_error", "fix_progress") else finding.key
+    return {**_change(SKIPPED, finding, cols, row_key, None, None), "reason": reason}
+
+
 def _audit(
     conn: sa.Connection,
     ctx: _Context,
@@ -531,7 +669,8 @@ def _audit(
 ) -> None:
     if records:
         conn.execute(
-            audit.insert(), [{"run_id": ctx.run_id, "at": ctx.now(), **r} for r in records]
+            audit.insert(),
+            [{"run_id": ctx.run_id, "at": ctx.now(), "reason": None, **r} for r in records],
         )
 
 
@@ -545,6 +684,7 @@ def _mark_error(
     batch = batch.drop_duplicates("row_id", keep="first")
     current = _read_current(ctx, conn, cols, list(batch["row_id"]))
     now = ctx.now()
+    ctx.marked = []  # of this attempt: a batch retried after a conflict starts afresh
     groups: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
     for finding in batch.itertuples(index=False):
         row = current.get(str(finding.row_id))
@@ -556,6 +696,8 @@ def _mark_error(
         )
         message = ref.error_message if ref is not None else finding.detail
         groups.setdefault(message, []).append((finding, row))
+    if not ctx.options.dry_run:
+        groups = _still_missing(ctx, conn, groups, counts)
     for message, items in groups.items():
         counts["marked_error"] += len(items)
         if ctx.options.dry_run:
@@ -582,6 +724,143 @@ def _mark_error(
                 for finding, row in items
             ],
         )
+        ctx.marked += [
+            _Mark(
+                finding,
+                cols.identity(row),
+                {k: row[k] for k in cols.keys},
+                {c: row[c] for c in after},
+                after,
+            )
+            for finding, row in items
+        ]
+
+
+def _still_missing(
+    ctx: _Context,
+    conn: sa.Connection,
+    groups: dict[str, list[tuple[Any, dict[str, Any]]]],
+    counts: Counter,
+) -> dict[str, list[tuple[Any, dict[str, Any]]]]:
+    """Look at the objects of the rows about to be marked once more, now that the rows are locked,
+    and keep only those still missing; the others are audited as skipped.
+
+    Why no interleaving leaves a wrong mark. Our rows are locked before this look: PostgreSQL's
+    FOR UPDATE holds them, and on SQLite the batch's first statement took the write lock. A writer
+    stores its object, then writes its row. If the store finished before this look, the look sees
+    the object and the row is not marked (`object_appeared`). If it finished after, the writer's
+    row write comes later still, so it waits for our lock and lands after our commit, on top of
+    the mark: the writer's state is what stays. If its row write came before our lock, the
+    conditional UPDATE sees the changed row and leaves it (`skipped_changed`). The first look,
+    before the transaction, is not enough on its own: an object stored between it and the lock
+    was marked anyway.
+
+    What this look cannot see is a store that completes between it and the COMMIT, from a writer
+    that writes no row after it (a direct upload to a presigned URL): `_undo_appeared` looks once
+    more after the commit for those.
+    """
+    items = [item for group in groups.values() for item in group]
+    if not items:
+        return groups
+    seen = _look(ctx, _reference_keys(ctx, [finding.reference for finding, _ in items]))
+    records: list[dict[str, Any]] = []
+    left: set[int] = set()
+    for (finding, _), (state, reason) in zip(items, seen):
+        if state == ABSENT:
+            continue
+        left.add(id(finding))
+        if state == PRESENT:
+            counts["skipped_appeared"] += 1
+            records.append(_skipped(ctx, "mark_error", finding, "object_appeared"))
+        elif state == UNVERIFIED:
+            counts["skipped_unverified"] += 1
+            records.append(_skipped(ctx, "mark_error", finding, reason or "not verified"))
+        else:
+            counts["not_verified"] += 1
+    _audit(conn, ctx, records)
+    return {
+        message: kept
+        for message, group in groups.items()
+        if (kept := [item for item in group if id(item[0]) not in left])
+    }
+
+
+def _undo_appeared(ctx: _Context, number: int, total: int) -> None:
+    """After a mark_error batch has committed, look at its marked rows' objects a last time and
+    undo the marks whose object is there now: stored while the batch committed.
+
+    A store acknowledged before the COMMIT returned is visible to this look, so no row stays
+    `error` for an object stored before its mark took effect. The undo is conditional: a row
+    that no longer holds exactly the mark (the writer wrote it since) is the writer's and is left
+    as it is. The mark's audit record is flagged as undone by this run (rollback then skips it)
+    and a `skipped` record says why. It is one UPDATE per row, but only for such rows, which the
+    look under the lock has made rare.
+    """
+    marked, ctx.marked = ctx.marked, []
+    seen = _look(ctx, _reference_keys(ctx, [m.finding.reference for m in marked]))
+    appeared = [m for m, (state, _) in zip(marked, seen) if state == PRESENT]
+    if not appeared:
+        return
+    cols = ctx.columns[appeared[0].finding.table]
+
+    def matches(column: str, value: Any) -> sa.ColumnElement[bool]:
+        if value is None:
+            return sa.column(column).is_(None)
+        if isinstance(value, datetime):
+            typed = sa.DateTime(timezone=column in cols.aware)
+            return sa.column(column) == sa.bindparam(None, value, type_=typed)
+        return sa.column(column) == value
+
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        undone: list[_Mark] = []
+        try:
+            with ctx.engine.begin() as conn:
+                for m in appeared:
+                    statement = (
+                        sa.update(table_clause(cols.table, m.before))
+                        .where(
+                            *[sa.column(k) == raw(v) for k, v in m.identity.items()],
+                            *[matches(c, v) for c, v in m.after.items()],
+                        )
+                        .values({c: raw(v) for c, v in m.before.items()})
+                    )
+                    if conn.execute(statement).rowcount == 1:
+                        undone.append(m)
+                if undone:
+                    conn.execute(
+                        audit.update()
+                        .where(
+                            audit.c.run_id == ctx.run_id,
+                            audit.c.action == "mark_error",
+                            audit.c.table_name == cols.table,
+                            audit.c.row_key.in_([m.row_key for m in undone]),
+                            audit.c.rolled_back_by.is_(None),
+                        )
+                        .values(rolled_back_by=ctx.run_id)
+                    )
+                    _audit(
+                        conn,
+                        ctx,
+                        [
+                            _skipped(ctx, "mark_error", m.finding, "object_appeared_at_commit")
+                            for m in undone
+                        ],
+                    )
+            break
+        except sa.exc.DBAPIError as exc:
+            if attempt < BATCH_ATTEMPTS and (exc.connection_invalidated or is_transient(exc)):
+                time.sleep(0.2 * 2 ** (attempt - 1))
+                continue
+            raise DatabaseError(
+                f"batch {number} of {total} (mark_error on {cols.table}) is applied, but undoing "
+                f"the marks of {len(appeared)} rows whose objects were stored while it committed "
+                f"failed: {db_error_reason(exc)} (rows "
+                + ", ".join(str(m.row_key) for m in appeared[:5])
+                + ("…" if len(appeared) > 5 else "")
+                + ")"
+            ) from None
+    ctx.counts["marked_error"] -= len(undone)
+    ctx.counts["skipped_appeared"] += len(undone)
 
 
 def _requeue_or_retry(

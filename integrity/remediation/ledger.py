@@ -68,6 +68,8 @@ audit = sa.Table(
     sa.Column("after", sa.Text),  # JSON of the changed columns; NULL: the row was removed
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("rolled_back_by", sa.String(64)),
+    # Why a finding was left alone (action 'skipped'); NULL on the records of changes.
+    sa.Column("reason", sa.Text),
 )
 
 queue = sa.Table(
@@ -89,6 +91,11 @@ queue = sa.Table(
 )
 
 WAITING_STATES = ("pending", "sent")
+SKIPPED = "skipped"
+"""The audit action of a finding left alone on purpose (its reason says why); nothing to undo."""
+
+# The audit table's newer column: added to an existing table by upgrade_ledger.
+AUDIT_COLUMNS_ADDED = ("reason",)
 
 
 def create_ledger(engine: sa.Engine) -> None:
@@ -98,24 +105,28 @@ def create_ledger(engine: sa.Engine) -> None:
 
 
 def upgrade_ledger(engine: sa.Engine) -> None:
-    """Add the runs table's newer columns to a ledger an earlier version created (a write path).
+    """Add the ledger's newer columns to a ledger an earlier version created (a write path).
 
     ADD COLUMN of a nullable column: instant on SQLite and PostgreSQL, and safe when two runs
     start at once (PostgreSQL's IF NOT EXISTS; SQLite's duplicate-column error is ignored).
     """
+    added = [(remediation_runs, name) for name in RUN_COLUMNS_ADDED]
+    added += [(audit, name) for name in AUDIT_COLUMNS_ADDED]
     with engine.connect() as conn:
         inspector = sa.inspect(conn)
-        if not inspector.has_table(RUNS_TABLE):
-            return
-        present = {c["name"] for c in inspector.get_columns(RUNS_TABLE)}
+        present = {
+            table.name: {c["name"] for c in inspector.get_columns(table.name)}
+            for table in {table for table, _ in added}
+            if inspector.has_table(table.name)
+        }
     preparer = engine.dialect.identifier_preparer
-    for name in RUN_COLUMNS_ADDED:
-        if name in present:
+    for table, name in added:
+        if table.name not in present or name in present[table.name]:
             continue
-        column = remediation_runs.c[name]
+        column = table.c[name]
         guard = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
         statement = (
-            f"ALTER TABLE {preparer.quote(RUNS_TABLE)} ADD COLUMN{guard} "
+            f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN{guard} "
             f"{preparer.quote(name)} {column.type.compile(dialect=engine.dialect)}"
         )
         try:
@@ -125,7 +136,7 @@ def upgrade_ledger(engine: sa.Engine) -> None:
             if "duplicate column" in str(exc.orig).lower():
                 continue  # another run added it a moment ago
             raise DatabaseError(
-                f"cannot add column {name!r} to {RUNS_TABLE}: {_reason(exc)}; "
+                f"cannot add column {name!r} to {table.name}: {_reason(exc)}; "
                 f"the table's owner can run: {statement}"
             ) from None
 

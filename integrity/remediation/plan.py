@@ -19,6 +19,9 @@ from integrity.errors import RemediationRefused, SpecError
 from integrity.inventory import ALL_TENANTS
 
 ALLOW_WRITES_ENV = settings.ENV_ALLOW_WRITES
+RECHECK_BUDGET_SECONDS = 300.0
+"""The default time budget of a run's storage re-checks: enough for tens of thousands of HEADs
+on a healthy store, and an end in minutes, not hours, for a store that answers 503 to all."""
 
 
 def writes_allowed(environ: dict[str, str] | None = None) -> bool:
@@ -41,6 +44,9 @@ class RemediationOptions:
     force: bool = False
     pause: float = 0.0
     """Seconds to wait between batches, to spread the load on a busy database."""
+    recheck_budget: float = RECHECK_BUDGET_SECONDS
+    """Seconds the run's storage re-checks may take in all; when they are spent, the run stops
+    after the batch at hand (see integrity.remediation.apply.RecheckBudgetExhausted)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(FINDING_KINDS))
@@ -63,6 +69,10 @@ class RemediationOptions:
             )
         if self.pause < 0:
             raise SpecError(f"pause: must not be negative, not {self.pause}")
+        if not self.recheck_budget > 0:
+            raise SpecError(
+                f"recheck_budget: must be more than 0 seconds, not {self.recheck_budget}"
+            )
 
 
 def plan_remediation(report: ReconciliationReport, options: RemediationOptions) -> pd.DataFrame:

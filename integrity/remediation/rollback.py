@@ -26,6 +26,7 @@ from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
 from integrity.remediation.ledger import (
+    SKIPPED,
     audit,
     dump_values,
     fail_interrupted_runs,
@@ -123,8 +124,13 @@ def rollback(
             )
         records = (
             conn.execute(
-                sa.select(audit)
-                .where(audit.c.run_id == target_run_id, audit.c.rolled_back_by.is_(None))
+                # not `reason`: a ledger made before it was added may not have the column yet
+                sa.select(*[c for c in audit.c if c.name != "reason"])
+                .where(
+                    audit.c.run_id == target_run_id,
+                    audit.c.rolled_back_by.is_(None),
+                    audit.c.action != SKIPPED,  # a finding left alone: nothing to undo
+                )
                 .order_by(audit.c.id.desc())
             )
             .mappings()

@@ -204,6 +204,10 @@ class S3Storage:
             raise StorageError(
                 f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}"
             ) from None
+        except BotoCoreError as exc:  # a reset or timeout that outlasted the retries
+            raise StorageError(
+                f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}"
+            ) from None
         return ObjectHead(
             key, response["ContentLength"], response.get("ETag", ""), response["LastModified"]
         )
