@@ -1,9 +1,10 @@
 """A real Dagster instance for end-to-end tests: `dagster-webserver` and `dagster-daemon run`.
 
 Both start from the project root with its workspace.yaml, on a free loopback port, with a
-temporary DAGSTER_HOME holding a copy of the chosen dagster.yaml. Each process gets its own
-session (it starts code servers and run workers of its own), so teardown ends the whole process
-group. Their output goes to files whose tails are shown when something does not happen in time.
+temporary DAGSTER_HOME holding a copy of the chosen dagster.yaml, whose storage
+`dagster instance migrate` has created before either starts. Each process gets its own session
+(it starts code servers and run workers of its own), so teardown ends the whole process group.
+Their output goes to files whose tails are shown when something does not happen in time.
 """
 
 from __future__ import annotations
@@ -405,13 +406,38 @@ def _stop_all(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
         process.wait(timeout=grace)
 
 
-@contextmanager
-def running_instance(
-    dagster_yaml: Path, env: Mapping[str, str], workdir: Path, port: int | None = None
-) -> Iterator[RunningInstance]:
-    """Start the webserver and the daemon on `dagster_yaml`, with `env` added to their environment.
+def initialise_instance(env: Mapping[str, str], log_path: Path) -> None:
+    """Create (or migrate) the instance's storage with `dagster instance migrate`, as the README does.
 
-    `workdir` receives the DAGSTER_HOME (`dagster_home/`) and the logs (`logs/`).
+    Every process that opens an instance creates the storage it finds missing. On SQLite the run
+    and schedule storage do so without a lock, so a webserver and a daemon that start together
+    on a fresh home can both create the tables and stamp the schema version, leaving
+    `alembic_version` with two heads: the instance then fails to load, now and on every later
+    start. Once the storage exists, opening it creates nothing, whatever starts at the same time.
+    """
+    command = [str(Path(sys.executable).parent / "dagster"), "instance", "migrate"]
+    with open(log_path, "wb") as log:
+        result = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=STARTUP_SECONDS,
+        )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"dagster instance migrate exited with {result.returncode}\n"
+            + _tail(log_path, LOG_TAIL_LINES)
+        )
+
+
+def prepare_home(dagster_yaml: Path, env: Mapping[str, str], workdir: Path) -> dict[str, str]:
+    """A DAGSTER_HOME (`workdir/dagster_home`) with `dagster_yaml` and its storage initialised.
+
+    The environment the instance's processes get is returned: this process's, without project or
+    Dagster settings, plus `env` and DAGSTER_HOME. `workdir/logs` receives the logs.
     """
     home = workdir / "dagster_home"
     log_dir = workdir / "logs"
@@ -419,6 +445,21 @@ def running_instance(
     log_dir.mkdir(parents=True)
     shutil.copyfile(dagster_yaml, home / "dagster.yaml")
     process_env = {**_inherited_env(), **env, "DAGSTER_HOME": str(home)}
+    initialise_instance(process_env, log_dir / "migrate.log")
+    return process_env
+
+
+@contextmanager
+def running_instance(
+    dagster_yaml: Path, env: Mapping[str, str], workdir: Path, port: int | None = None
+) -> Iterator[RunningInstance]:
+    """Start the webserver and the daemon on `dagster_yaml`, with `env` added to their environment.
+
+    `workdir` receives the DAGSTER_HOME (`dagster_home/`) and the logs (`logs/`). The instance's
+    storage is created before either process starts (see initialise_instance).
+    """
+    process_env = prepare_home(dagster_yaml, env, workdir)
+    home, log_dir = workdir / "dagster_home", workdir / "logs"
     running = RunningInstance(home=home, port=port or free_port(), env=process_env, log_dir=log_dir)
     bin_dir = Path(sys.executable).parent
     commands = {
