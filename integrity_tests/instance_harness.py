@@ -120,6 +120,15 @@ mutation StopSchedule($id: String!) {
   }
 }
 """
+_RUN_STATES = """
+query RunStates {
+  runsOrError(limit: 200) {
+    __typename
+    ... on Runs { results { runId status } }
+    ... on PythonError { message }
+  }
+}
+"""
 _DAEMON_HEALTH = """
 query DaemonHealth {
   instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } }
@@ -213,7 +222,10 @@ class RunningInstance:
         )
 
     def wait_for_run(self, run_id: str, timeout: float) -> dg.DagsterRunStatus:
-        """The run's terminal status (SUCCESS, FAILURE or CANCELED)."""
+        """The run's terminal status (SUCCESS, FAILURE or CANCELED).
+
+        A run behind others in the queue waits as long as they move (see wait_for).
+        """
         client = self.client()
 
         def finished() -> dg.DagsterRunStatus | None:
@@ -324,22 +336,47 @@ class RunningInstance:
             for name in ("webserver", "daemon")
         )
 
+    def run_states(self) -> frozenset[tuple[str, str]]:
+        """(run id, status) of the instance's latest runs: it changes whenever a run moves."""
+        result = self.graphql(_RUN_STATES)["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise AssertionError(f"runs: {result}\n{self.log_tails()}")
+        return frozenset((run["runId"], run["status"]) for run in result["results"])
+
     def wait_for(
         self,
         what: str,
         probe: Callable[[], T | None],
         timeout: float,
         interval: float = 1.0,
+        *,
+        while_runs_move: bool = True,
     ) -> T:
-        """Poll `probe` until it returns something truthy; on timeout fail with the log tails."""
+        """Poll `probe` until it returns something truthy; fail with the log tails once it has
+        not for `timeout` seconds during which no run was created, started or ended (with
+        `while_runs_move` off, for `timeout` seconds at all).
+
+        What a test waits for often comes after runs that are queued or running (a sensor tick
+        on a busy daemon, a run behind the run limits, a backfill's runs): their pace is the
+        machine's, so a wait lasts as long as the instance moves, and `timeout` bounds the time
+        it may stand still. A run that hangs stands still, and so does a sensor that never ticks
+        once the runs are done.
+        """
+        states = self.run_states() if while_runs_move else frozenset()
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             value = probe()
             if value:
                 return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self.log_tails()}")
+            now = self.run_states() if while_runs_move else frozenset()
+            if now != states:
+                states, deadline = now, time.monotonic() + timeout
+            elif time.monotonic() > deadline:
+                since = " of the last run that moved" if while_runs_move else ""
+                raise AssertionError(
+                    f"{what}: not within {timeout:.0f} s{since}\n{self.log_tails()}"
+                )
             time.sleep(interval)
 
     def check_alive(self) -> None:
@@ -381,9 +418,12 @@ class RunningInstance:
 
     def wait_until_ready(self, timeout: float = STARTUP_SECONDS) -> None:
         """The webserver answers, the code location loaded, and every required daemon beats."""
-        self.wait_for("webserver /server_info", self._server_info, timeout)
-        self.wait_for(f"code location {LOCATION_NAME} loaded", self._location_loaded, timeout)
-        self.wait_for("daemon heartbeats", self._daemons_healthy, timeout)
+        for what, probe in [
+            ("webserver /server_info", self._server_info),
+            (f"code location {LOCATION_NAME} loaded", self._location_loaded),
+            ("daemon heartbeats", self._daemons_healthy),
+        ]:
+            self.wait_for(what, probe, timeout, while_runs_move=False)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:

@@ -57,6 +57,11 @@ from integrity_tests.instance_harness import (
     running_instance,
 )
 
+# Each wait below fails once the instance has stood still for its timeout (see
+# RunningInstance.wait_for); on a loaded machine a test lasts as long as its runs take, so the
+# limit per test is wider than the default.
+pytestmark = pytest.mark.timeout(900)
+
 REPORT = "reconciliation_report"
 GROUP_ASSETS = ["db_inventory", "storage_inventory", REPORT]
 # Runs launched here count objects uploaded a moment ago (moto's LastModified is now).
