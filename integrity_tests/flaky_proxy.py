@@ -199,6 +199,8 @@ class FlakyProxy:
             self.requests[kind] += 1
             if self.fault is None or kind not in self.fault_on or self.fault_rate <= 0:
                 return None
+            if self.fault == "short" and method == "HEAD":
+                return None  # no body to shorten: not a fault, and not counted as one
             # The bucket is left out, so a world planted again in another bucket gets the same.
             parts = urlsplit(path)
             line = f"{method} {parts.path.lstrip('/').partition('/')[2]}?{parts.query}"
