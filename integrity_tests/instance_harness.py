@@ -1,9 +1,10 @@
 """A real Dagster instance for end-to-end tests: `dagster-webserver` and `dagster-daemon run`.
 
 Both start from the project root with its workspace.yaml, on a free loopback port, with a
-temporary DAGSTER_HOME holding a copy of the chosen dagster.yaml. Each process gets its own
-session (it starts code servers and run workers of its own), so teardown ends the whole process
-group. Their output goes to files whose tails are shown when something does not happen in time.
+temporary DAGSTER_HOME holding a copy of the chosen dagster.yaml, whose storage
+`dagster instance migrate` has created before either starts. Each process gets its own session
+(it starts code servers and run workers of its own), so teardown ends the whole process group.
+Their output goes to files whose tails are shown when something does not happen in time.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ mutation StopSchedule($id: String!) {
   }
 }
 """
+_RUN_STATES = """
+query RunStates {
+  runsOrError(limit: 200) {
+    __typename
+    ... on Runs { results { runId status } }
+    ... on PythonError { message }
+  }
+}
+"""
 _DAEMON_HEALTH = """
 query DaemonHealth {
   instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } }
@@ -212,7 +222,10 @@ class RunningInstance:
         )
 
     def wait_for_run(self, run_id: str, timeout: float) -> dg.DagsterRunStatus:
-        """The run's terminal status (SUCCESS, FAILURE or CANCELED)."""
+        """The run's terminal status (SUCCESS, FAILURE or CANCELED).
+
+        A run behind others in the queue waits as long as they move (see wait_for).
+        """
         client = self.client()
 
         def finished() -> dg.DagsterRunStatus | None:
@@ -323,22 +336,47 @@ class RunningInstance:
             for name in ("webserver", "daemon")
         )
 
+    def run_states(self) -> frozenset[tuple[str, str]]:
+        """(run id, status) of the instance's latest runs: it changes whenever a run moves."""
+        result = self.graphql(_RUN_STATES)["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise AssertionError(f"runs: {result}\n{self.log_tails()}")
+        return frozenset((run["runId"], run["status"]) for run in result["results"])
+
     def wait_for(
         self,
         what: str,
         probe: Callable[[], T | None],
         timeout: float,
         interval: float = 1.0,
+        *,
+        while_runs_move: bool = True,
     ) -> T:
-        """Poll `probe` until it returns something truthy; on timeout fail with the log tails."""
+        """Poll `probe` until it returns something truthy; fail with the log tails once it has
+        not for `timeout` seconds during which no run was created, started or ended (with
+        `while_runs_move` off, for `timeout` seconds at all).
+
+        What a test waits for often comes after runs that are queued or running (a sensor tick
+        on a busy daemon, a run behind the run limits, a backfill's runs): their pace is the
+        machine's, so a wait lasts as long as the instance moves, and `timeout` bounds the time
+        it may stand still. A run that hangs stands still, and so does a sensor that never ticks
+        once the runs are done.
+        """
+        states = self.run_states() if while_runs_move else frozenset()
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
             value = probe()
             if value:
                 return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:.0f} s\n{self.log_tails()}")
+            now = self.run_states() if while_runs_move else frozenset()
+            if now != states:
+                states, deadline = now, time.monotonic() + timeout
+            elif time.monotonic() > deadline:
+                since = " of the last run that moved" if while_runs_move else ""
+                raise AssertionError(
+                    f"{what}: not within {timeout:.0f} s{since}\n{self.log_tails()}"
+                )
             time.sleep(interval)
 
     def check_alive(self) -> None:
@@ -380,9 +418,12 @@ class RunningInstance:
 
     def wait_until_ready(self, timeout: float = STARTUP_SECONDS) -> None:
         """The webserver answers, the code location loaded, and every required daemon beats."""
-        self.wait_for("webserver /server_info", self._server_info, timeout)
-        self.wait_for(f"code location {LOCATION_NAME} loaded", self._location_loaded, timeout)
-        self.wait_for("daemon heartbeats", self._daemons_healthy, timeout)
+        for what, probe in [
+            ("webserver /server_info", self._server_info),
+            (f"code location {LOCATION_NAME} loaded", self._location_loaded),
+            ("daemon heartbeats", self._daemons_healthy),
+        ]:
+            self.wait_for(what, probe, timeout, while_runs_move=False)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -405,13 +446,38 @@ def _stop_all(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
         process.wait(timeout=grace)
 
 
-@contextmanager
-def running_instance(
-    dagster_yaml: Path, env: Mapping[str, str], workdir: Path, port: int | None = None
-) -> Iterator[RunningInstance]:
-    """Start the webserver and the daemon on `dagster_yaml`, with `env` added to their environment.
+def initialise_instance(env: Mapping[str, str], log_path: Path) -> None:
+    """Create (or migrate) the instance's storage with `dagster instance migrate`, as the README does.
 
-    `workdir` receives the DAGSTER_HOME (`dagster_home/`) and the logs (`logs/`).
+    Every process that opens an instance creates the storage it finds missing. On SQLite the run
+    and schedule storage do so without a lock, so a webserver and a daemon that start together
+    on a fresh home can both create the tables and stamp the schema version, leaving
+    `alembic_version` with two heads: the instance then fails to load, now and on every later
+    start. Once the storage exists, opening it creates nothing, whatever starts at the same time.
+    """
+    command = [str(Path(sys.executable).parent / "dagster"), "instance", "migrate"]
+    with open(log_path, "wb") as log:
+        result = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=STARTUP_SECONDS,
+        )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"dagster instance migrate exited with {result.returncode}\n"
+            + _tail(log_path, LOG_TAIL_LINES)
+        )
+
+
+def prepare_home(dagster_yaml: Path, env: Mapping[str, str], workdir: Path) -> dict[str, str]:
+    """A DAGSTER_HOME (`workdir/dagster_home`) with `dagster_yaml` and its storage initialised.
+
+    The environment the instance's processes get is returned: this process's, without project or
+    Dagster settings, plus `env` and DAGSTER_HOME. `workdir/logs` receives the logs.
     """
     home = workdir / "dagster_home"
     log_dir = workdir / "logs"
@@ -419,6 +485,21 @@ def running_instance(
     log_dir.mkdir(parents=True)
     shutil.copyfile(dagster_yaml, home / "dagster.yaml")
     process_env = {**_inherited_env(), **env, "DAGSTER_HOME": str(home)}
+    initialise_instance(process_env, log_dir / "migrate.log")
+    return process_env
+
+
+@contextmanager
+def running_instance(
+    dagster_yaml: Path, env: Mapping[str, str], workdir: Path, port: int | None = None
+) -> Iterator[RunningInstance]:
+    """Start the webserver and the daemon on `dagster_yaml`, with `env` added to their environment.
+
+    `workdir` receives the DAGSTER_HOME (`dagster_home/`) and the logs (`logs/`). The instance's
+    storage is created before either process starts (see initialise_instance).
+    """
+    process_env = prepare_home(dagster_yaml, env, workdir)
+    home, log_dir = workdir / "dagster_home", workdir / "logs"
     running = RunningInstance(home=home, port=port or free_port(), env=process_env, log_dir=log_dir)
     bin_dir = Path(sys.executable).parent
     commands = {

@@ -17,6 +17,9 @@ overlap where they can). Each waits with a limit and fails with the tails of bot
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -50,8 +53,14 @@ from integrity_tests.instance_harness import (
     PRODUCTION_DAGSTER_YAML,
     RunningInstance,
     free_port,
+    prepare_home,
     running_instance,
 )
+
+# Each wait below fails once the instance has stood still for its timeout (see
+# RunningInstance.wait_for); on a loaded machine a test lasts as long as its runs take, so the
+# limit per test is wider than the default.
+pytestmark = pytest.mark.timeout(900)
 
 REPORT = "reconciliation_report"
 GROUP_ASSETS = ["db_inventory", "storage_inventory", REPORT]
@@ -190,10 +199,10 @@ def s3_world(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @contextmanager
-def scratch_database() -> Iterator[str]:
+def scratch_database(suffix: str = "dagster_e2e") -> Iterator[str]:
     """A fresh PostgreSQL database for the Dagster instance, next to the test database."""
     url = sa.make_url(POSTGRES_URL)
-    name = f"{url.database}_dagster_e2e"
+    name = f"{url.database}_{suffix}"
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -243,6 +252,96 @@ def _remediation_config(
     if kinds is not None:
         config["kinds"] = kinds
     return {"ops": {"apply_remediation": {"config": config}}}
+
+
+# --------------------------------------------------------------------------- instance storage
+
+# Opens the instance of $DAGSTER_HOME when told to (a line on stdin), as each long-lived process
+# and code server does when it starts.
+OPEN_INSTANCE = """
+import sys
+import dagster as dg
+print("ready", flush=True)
+sys.stdin.readline()
+with dg.DagsterInstance.get() as instance:
+    instance.get_runs_count()
+"""
+OPENERS = 3
+SQLITE_STORAGE = {"history/runs.db", "history/runs/index.db", "schedules/schedules.db"}
+
+
+def _schema_versions(home: Path, env: dict[str, str]) -> dict[str, list[str]]:
+    """Each storage database's alembic_version rows, read without opening the instance."""
+    if "DAGSTER_POSTGRES_URL" not in env:
+        found = {str(path.relative_to(home)): path for path in home.rglob("*.db")}
+        versions = {}
+        for name, path in found.items():
+            with sqlite3.connect(path) as conn:
+                versions[name] = [row[0] for row in conn.execute("SELECT * FROM alembic_version")]
+        return versions
+    engine = sa.create_engine(env["DAGSTER_POSTGRES_URL"])
+    try:
+        with engine.connect() as conn:
+            rows = list(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+            tables = set(sa.inspect(conn).get_table_names())
+        assert {"runs", "event_logs", "jobs", "instance_info"} <= tables, tables
+        return {"postgres": rows}
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _fresh_instance_config(which: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    if which == "local":
+        yield LOCAL_DAGSTER_YAML, {}
+        return
+    if not POSTGRES_URL:
+        pytest.skip("INTEGRITY_TEST_POSTGRES_URL is not set")
+    with scratch_database("dagster_init") as dagster_pg_url:
+        yield PRODUCTION_DAGSTER_YAML, {"DAGSTER_POSTGRES_URL": dagster_pg_url}
+
+
+@pytest.mark.parametrize("which", ["local", "production"])
+def test_the_instance_is_initialised_before_its_processes_start(which: str, tmp_path: Path) -> None:
+    """The harness creates the instance's storage before its processes start.
+
+    On a fresh SQLite home, processes opening the instance at the same moment (the webserver,
+    the daemon and their code servers do) each create the storage they find missing, and two of
+    them may stamp the schema twice: the instance then never loads again. Once it exists, they
+    create nothing. PostgreSQL storage retries its creation, but is created first all the same.
+    """
+    with _fresh_instance_config(which) as (dagster_yaml, env):
+        env = prepare_home(dagster_yaml, {**env, "INTEGRITY_HOME": str(tmp_path / "ih")}, tmp_path)
+        home = Path(env["DAGSTER_HOME"])
+        versions = _schema_versions(home, env)
+        assert all(len(heads) == 1 for heads in versions.values()), versions
+        if which != "local":
+            return
+        assert set(versions) == SQLITE_STORAGE
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_INSTANCE],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(OPENERS)
+        ]
+        try:
+            # Every opener has imported dagster before any opens the instance.
+            assert [opener.stdout.readline() for opener in openers] == ["ready\n"] * OPENERS
+            for opener in openers:
+                opener.stdin.write("go\n")
+                opener.stdin.flush()
+            errors = [opener.communicate(timeout=120)[1] for opener in openers]
+        finally:
+            for opener in openers:
+                opener.kill()
+                opener.wait()
+        assert [opener.returncode for opener in openers] == [0] * OPENERS, errors
+        assert _schema_versions(home, env) == versions
 
 
 # --------------------------------------------------------------------------- local instance

@@ -74,7 +74,14 @@ def s3_client(
     )
 
 
+class IncompleteAnswer(Exception):
+    """A successful answer without what every answer of its kind carries: a connection cut short
+    in the middle of the headers still reads as a response, with the rest of them missing."""
+
+
 def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, IncompleteAnswer):
+        return True
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -82,6 +89,10 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(
         exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError)
     )
+
+
+# What ObjectHead is made of; a HEAD answer without them was cut short.
+_HEAD_FIELDS = ("ContentLength", "LastModified")
 
 
 def _describe(exc: BaseException) -> str:
@@ -120,10 +131,16 @@ class S3Storage:
         endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
         return f"s3://{self.bucket}" + (f" at {endpoint}" if endpoint else "")
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, *, required: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """One request with retries; an answer missing a `required` field is a failed attempt."""
+
         def once() -> Any:
             self.requests += 1
-            return getattr(self.client, method)(**kwargs)
+            response = getattr(self.client, method)(**kwargs)
+            missing = [name for name in required if name not in response]
+            if missing:
+                raise IncompleteAnswer(f"incomplete answer (no {', '.join(missing)})")
+            return response
 
         return with_retries(once, is_retryable, attempts=self.attempts, base_delay=self.base_delay)
 
@@ -197,12 +214,16 @@ class S3Storage:
     def head(self, key: str) -> ObjectHead | None:
         self._check_key(key)
         try:
-            response = self._call("head_object", Bucket=self.bucket, Key=key)
+            response = self._call("head_object", required=_HEAD_FIELDS, Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise StorageError(
                 f"HEAD s3://{self.bucket}/{key[:200]} failed: {_describe(exc)}"
+            ) from None
+        except IncompleteAnswer as exc:
+            raise StorageError(
+                f"HEAD s3://{self.bucket}/{key[:200]} failed after {self.attempts} attempts: {exc}"
             ) from None
         except BotoCoreError as exc:  # a reset or timeout that outlasted the retries
             raise StorageError(
