@@ -38,6 +38,8 @@ from integrity.errors import (
     SpecError,
     UsageError,
 )
+from integrity.errors import shown as _shown
+from integrity.errors import without_userinfo as _without_userinfo
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -474,7 +476,6 @@ def check_endpoint_url(url: str, option: str) -> None:
     """An S3 endpoint is http(s)://host[:port][/path]; botocore's own error for anything else
     ("Invalid endpoint") names neither the flag nor what is missing. Credentials in it are
     refused without showing them."""
-    from urllib.parse import urlsplit
 
     example = "(e.g. http://127.0.0.1:9000 or https://ACCOUNT.r2.cloudflarestorage.com)"
     try:
@@ -505,16 +506,6 @@ def check_storage_dir(directory: Path, option: str) -> None:
         raise UsageError(f"{option}: {directory} is not a directory")
     if not os.access(directory, os.R_OK | os.X_OK):
         raise UsageError(f"{option}: {directory} is not readable")
-
-
-def _without_userinfo(url: str) -> str:
-    """The text of a URL with anything before an '@' in its authority hidden."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", r"\1***@", url)
-
-
-def _shown(value: str, width: int = 100) -> str:
-    """A value quoted for a message, cut to a readable length."""
-    return repr(value if len(value) <= width else value[: width - 1] + "…")
 
 
 class Progress:
@@ -689,22 +680,6 @@ def queue_location(url: str, option: str = "--queue-url") -> tuple[str, str | No
     from integrity.errors import QueueError
     from integrity.remediation.queue import queue_location as location
 
-    try:
-        parts = urlsplit(url)
-        valid_port = parts.port is None or 1 <= parts.port <= 65535
-    except ValueError:  # a port that is not a number, an unclosed '[' of an IPv6 address
-        parts, valid_port = urlsplit(""), False
-    path = parts.path.strip("/")
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or not valid_port
-        or path.count("/") != 1
-    ):
-        raise UsageError(
-            f"{option}: {_shown(_without_userinfo(url))} is not an SQS queue URL "
-            "(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
-        )
     try:
         return location(url)
     except QueueError as exc:

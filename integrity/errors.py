@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+
 
 class IntegrityError(Exception):
     """Base class: the message is one line meant for a person, with no secrets in it."""
@@ -29,3 +33,13 @@ class QueueError(IntegrityError):
 
 class RemediationRefused(IntegrityError):
     """Remediation will not write: an incomplete report, a tripped circuit breaker, no opt-in."""
+
+
+def without_userinfo(url: str) -> str:
+    """The text of a URL with anything before an '@' in its authority hidden, for a message."""
+    return _USERINFO.sub(r"\1***@", url)
+
+
+def shown(value: str, width: int = 100) -> str:
+    """A value quoted for a message, cut to a readable length."""
+    return repr(value if len(value) <= width else value[: width - 1] + "…")

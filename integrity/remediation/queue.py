@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from integrity.errors import QueueError
+from integrity.errors import QueueError, shown, without_userinfo
 from integrity.remediation.ledger import WAITING_STATES, ledger_exists, queue, utcnow
 
 SQS_BATCH = 10
@@ -308,14 +308,21 @@ def queue_location(queue_url: str) -> tuple[str, str | None]:
     another one (moto, ElasticMQ, LocalStack) gives its server and no region. Raises QueueError
     (one line) for anything that is not a queue URL.
     """
-    parts = urlsplit(queue_url)
     try:
+        parts = urlsplit(queue_url)
         host = parts.hostname
-        parts.port  # noqa: B018 - a port that is not a number raises here
-    except ValueError:
-        host = None
-    if parts.scheme not in ("http", "https") or not host or parts.path.strip("/").count("/") != 1:
-        raise QueueError(f"{queue_url!r} is not an SQS queue URL ({QUEUE_URL_FORM})")
+        valid_port = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:  # a port that is not a number, an unclosed '[' of an IPv6 address
+        parts, host, valid_port = urlsplit(""), None, False
+    if (
+        parts.scheme not in ("http", "https")
+        or not host
+        or not valid_port
+        or parts.path.strip("/").count("/") != 1
+    ):
+        raise QueueError(
+            f"{shown(without_userinfo(queue_url))} is not an SQS queue URL ({QUEUE_URL_FORM})"
+        )
     aws = _AWS_QUEUE_HOST.fullmatch(host)
     server = parts.netloc.rsplit("@", 1)[-1]  # never a user or password
     return f"{parts.scheme}://{server}", aws.group(1) if aws else None
