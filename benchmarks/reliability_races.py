@@ -62,6 +62,25 @@ RESERVED_DATABASES = ("test", "test_local", "postgres", "template0", "template1"
 ALLOW = {"INTEGRITY_ALLOW_WRITES": "1"}
 
 
+def insert_missing_documents(engine: sa.Engine, count: int, at: datetime) -> None:
+    """`count` complete documents rows of org-1 whose objects were never stored."""
+    with engine.begin() as conn:
+        conn.execute(
+            schema.documents.insert(),
+            [
+                dict(
+                    id=f"gone-{n:05d}",
+                    organization_id="org-1",
+                    r2_key=f"documents/org-1/gone-{n:05d}.pdf",
+                    status="complete",
+                    created_at=at,
+                    updated_at=at,
+                )
+                for n in range(count)
+            ],
+        )
+
+
 def fresh(engine: sa.Engine) -> None:
     ledger.metadata.drop_all(engine)
     drop_reference_schema(engine)
@@ -144,21 +163,7 @@ def two_applies(url: str, *, missing: int, orphans: int, batch_size: int) -> dic
             uploads = [f"documents/org-2/up-{n:05d}.pdf" for n in range(orphans)]
             for key in uploads:
                 store.put_bytes(key, b"upload")
-            with engine.begin() as conn:
-                conn.execute(
-                    schema.documents.insert(),
-                    [
-                        dict(
-                            id=f"gone-{n:05d}",
-                            organization_id="org-1",
-                            r2_key=f"documents/org-1/gone-{n:05d}.pdf",
-                            status="complete",
-                            created_at=at,
-                            updated_at=at,
-                        )
-                        for n in range(missing)
-                    ],
-                )
+            insert_missing_documents(engine, missing, at)
             report = reconcile(
                 store, engine, default_spec(), DiffOptions(now=base + timedelta(hours=2))
             )
@@ -276,21 +281,7 @@ def failing_store(findings: int, budget: str) -> dict[str, Any]:
             engine = sa.create_engine(url)
             create_reference_schema(engine)
             at = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=2)
-            with engine.begin() as conn:
-                conn.execute(
-                    schema.documents.insert(),
-                    [
-                        dict(
-                            id=f"gone-{n:05d}",
-                            organization_id="org-1",
-                            r2_key=f"documents/org-1/gone-{n:05d}.pdf",
-                            status="complete",
-                            created_at=at,
-                            updated_at=at,
-                        )
-                        for n in range(findings)
-                    ],
-                )
+            insert_missing_documents(engine, findings, at)
             with engine.connect() as conn:
                 before = conn.execute(sa.select(schema.documents)).all()
             proxy.fail_heads_after = 0
