@@ -81,7 +81,7 @@ from integrity import schema, settings  # noqa: E402
 from integrity.diff import DiffOptions  # noqa: E402
 from integrity.reconcile import reconcile  # noqa: E402
 from integrity.remediation import RemediationOptions, ledger, plan_remediation  # noqa: E402
-from integrity.remediation.apply import _batches as plan_batches  # noqa: E402  (as apply cuts)
+from integrity.remediation.apply import plan_batches  # noqa: E402
 from integrity.remediation.rows import same_value  # noqa: E402
 from integrity.spec import load_spec  # noqa: E402
 from integrity.storage.local import LocalStorage  # noqa: E402

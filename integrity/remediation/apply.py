@@ -390,7 +390,7 @@ def remediate(
     if not options.dry_run:
         create_ledger(engine)
         start_run(engine, run_id, "remediate", report.scope, None)
-    batches = list(_batches(plan, options.batch_size))
+    batches = list(plan_batches(plan, options.batch_size))
     ctx.pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="recheck")
     try:
         for number, batch in enumerate(batches, start=1):
@@ -444,7 +444,7 @@ def _stop(
     )
 
 
-def _batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
+def plan_batches(plan: pd.DataFrame, size: int) -> Iterable[pd.DataFrame]:
     """Chunks of one action on one table each, in plan order."""
     order = plan.assign(_group=plan["action"] + "\0" + plan["table"].fillna(""))
     for _, group in order.groupby("_group", sort=False):
