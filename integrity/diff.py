@@ -69,6 +69,10 @@ class DiffOptions:
     tenant: str | None = None
     status: str | None = None
     now: datetime | None = None
+    storage_as_of: datetime | None = None
+    """The time the storage inventory describes (an S3 Inventory report's creation time). A row
+    created or updated after it may name an object the snapshot cannot show, so it is never
+    reported as missing or near-missing; None: the listing is live."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class DiffOptions:
             "stuck_after_seconds": self.stuck_after.total_seconds(),
             "tenant": self.tenant,
             "status": self.status,
+            "storage_as_of": self.storage_as_of.isoformat() if self.storage_as_of else None,
         }
 
 
@@ -95,6 +100,10 @@ class ReconciliationReport:
     timings: dict[str, float] = field(default_factory=dict)
     table_rows: dict[str, int] = field(default_factory=dict)
     """Rows read per database table, the denominator of remediation's circuit breaker."""
+    storage_source: str = "listing"
+    """Where the storage side came from: "listing" or an S3 Inventory report's manifest."""
+    storage_as_of: datetime | None = None
+    """The time the storage side describes: the listing's time or the inventory's snapshot."""
 
     def counts(self) -> dict[str, int]:
         present = self.findings["kind"].value_counts()
@@ -144,6 +153,8 @@ class ReconciliationReport:
             "options": self.options,
             "timings": self.timings,
             "table_rows": self.table_rows,
+            "storage_source": self.storage_source,
+            "storage_as_of": self.storage_as_of.isoformat() if self.storage_as_of else None,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -155,6 +166,8 @@ class ReconciliationReport:
     def load(cls, path: str | Path) -> ReconciliationReport:
         frame, meta = read_parquet(Path(path))
         meta["generated_at"] = datetime.fromisoformat(meta["generated_at"])
+        if meta.get("storage_as_of"):
+            meta["storage_as_of"] = datetime.fromisoformat(meta["storage_as_of"])
         return cls(findings=_typed_findings(frame), **meta)
 
     def export(self, path: str | Path) -> Path:
@@ -258,6 +271,7 @@ def _missing_references(
     index: _ObjectIndex,
     bucket: str,
     backend: str,
+    as_of: pd.Timestamp | None = None,
 ) -> list[pd.DataFrame]:
     out: list[pd.DataFrame] = []
     for name, t in spec.tables.items():
@@ -265,6 +279,12 @@ def _missing_references(
         if rows is None or rows.empty:
             continue
         live = ~rows["status"].isin(t.skip_statuses)
+        # Storage as of a snapshot cannot show what a later row names: judge only older rows.
+        judged = (
+            ~(pd.to_datetime(rows["updated_at"], utc=True) > as_of)
+            if as_of is not None
+            else pd.Series(True, index=rows.index)
+        )
         for ref in t.references:
             mask = live & rows[ref.column].notna()
             if ref.when_status is not None:
@@ -277,7 +297,7 @@ def _missing_references(
             foreign = parsed["bucket"].notna() & (parsed["bucket"] != bucket)
             unresolved = parsed["key"].isna()
             found = index.contains(parsed["key"]) | index.contains(parsed["alternative"])
-            candidates = ~foreign & ~found & ~unresolved
+            candidates = ~foreign & ~found & ~unresolved & judged.loc[sel.index]
             emit = _RowEmitter(out, sel, t.table, ref.column)
             emit(
                 "invalid_reference",
@@ -477,7 +497,9 @@ def diff_inventories(
     index = _ObjectIndex(storage.objects["key"])
 
     parts = _unprocessed_uploads(storage, db, spec, index, options, now)
-    parts += _missing_references(db, spec, index, storage.bucket, storage.backend)
+    as_of = options.storage_as_of or storage.snapshot_at
+    as_of = pd.Timestamp(as_of).tz_convert("UTC") if as_of is not None else None
+    parts += _missing_references(db, spec, index, storage.bucket, storage.backend, as_of)
     parts += _progress_behind(storage, db, spec)
     parts = [p for p in parts if not p.empty]
     findings = pd.concat(parts, ignore_index=True) if parts else _findings()
@@ -506,6 +528,8 @@ def diff_inventories(
         options=options.to_dict(),
         timings={"list_seconds": storage.seconds, "read_seconds": db.seconds},
         table_rows=_table_rows(db, spec),
+        storage_source=storage.source,
+        storage_as_of=storage.as_of,
     )
 
 

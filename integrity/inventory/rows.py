@@ -1,272 +1,30 @@
-"""Both sides of the reconciliation, read in bulk into columnar frames.
+"""The database inventory: the rows the spec names, read in bulk with canonical columns.
 
-The storage inventory lists prefixes concurrently, a page of 1,000 keys at a time, and turns
-every page into Arrow arrays at once, so no dict per object outlives its page. The database
-inventory reads each table with one streamed SELECT. Either side records whether it is
-complete: a listing page or a read that failed after its retries makes it incomplete, with the
-reason, and nothing downstream may act on an incomplete inventory.
+Each table is read with one streamed SELECT. A read that failed after its retries makes the
+inventory incomplete, with the reason, and nothing downstream may act on it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from integrity.database import split_table_name, table_clause
-from integrity.errors import DatabaseError, SpecError, StorageError
+from integrity.errors import DatabaseError, SpecError
 from integrity.identity import encode_frame
+from integrity.inventory.names import JOBS, PLANS, utcnow
+from integrity.inventory.objects import ProgressCallback
+from integrity.inventory.snapshots import read_parquet, write_parquet
 from integrity.keys import like_escape, usable_references
 from integrity.spec import ReconciliationSpec
-from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
-
-# Arrow's default pool (mimalloc) keeps the pages it frees, so a listing followed by a diff
-# peaks at about twice the memory the frames need (measured in BENCHMARKS.md). The system
-# allocator gives them back; ARROW_DEFAULT_MEMORY_POOL still overrides this choice.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    pa.set_memory_pool(pa.system_memory_pool())
-
-ProgressCallback = Callable[[str, int], None]
-"""Called with ("objects", n) after each listing page and ("rows", n) after each read chunk."""
-
-JOBS = "__jobs__"
-PLANS = "__plans__"
-ALL_TENANTS = "__all__"
-
-_OBJECT_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("size", pa.int64()),
-        ("etag", pa.string()),
-        ("last_modified", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# --------------------------------------------------------------------------- snapshots
-
-
-def write_parquet(path: Path, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"integrity": json.dumps(meta)}
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
-def read_parquet(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(b"integrity", b"{}"))
-    return table.to_pandas(), meta
-
-
-# --------------------------------------------------------------------------- storage
-
-
-@dataclass
-class StorageInventory:
-    """Every object found under the listed prefixes: key, size, etag, last_modified."""
-
-    bucket: str
-    prefixes: list[str]
-    objects: pd.DataFrame
-    complete: bool = True
-    errors: list[str] = field(default_factory=list)
-    requests: int = 0
-    seconds: float = 0.0
-    listed_at: datetime = field(default_factory=_utcnow)
-    backend: str = "s3"
-    """The kind of store listed, whose key rules the diff applies to references."""
-
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket,
-            "backend": self.backend,
-            "prefixes": self.prefixes,
-            "complete": self.complete,
-            "errors": self.errors,
-            "requests": self.requests,
-            "seconds": self.seconds,
-            "listed_at": self.listed_at.isoformat(),
-        }
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        write_parquet(path, self.objects, self._meta())
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> StorageInventory:
-        frame, meta = read_parquet(Path(path))
-        meta["listed_at"] = datetime.fromisoformat(meta["listed_at"])
-        return cls(objects=frame, **meta)
-
-
-def minimal_prefixes(prefixes: Iterable[str]) -> list[str]:
-    """Drop prefixes that another prefix in the set already covers."""
-    kept: list[str] = []
-    for prefix in sorted(set(prefixes)):
-        if not kept or not prefix.startswith(kept[-1]):
-            kept.append(prefix)
-    return kept
-
-
-def _batch(page: ListingPage) -> pa.RecordBatch:
-    return pa.record_batch(
-        [
-            pa.array(page.keys, pa.string()),
-            pa.array(page.sizes, pa.int64()),
-            pa.array(page.etags, pa.string()),
-            pa.array(page.last_modified, pa.timestamp("us", tz="UTC")),
-        ],
-        schema=_OBJECT_SCHEMA,
-    )
-
-
-def _split_bucket(store: ObjectStore) -> tuple[list[str], list[pa.RecordBatch]]:
-    """One delimiter listing of the bucket's root: its top-level prefixes, to list concurrently,
-    and the root-level objects themselves, already in columns."""
-    prefixes: list[str] = []
-    root: list[pa.RecordBatch] = []
-    for page in store.list_pages("", delimiter="/"):
-        prefixes.extend(page.common_prefixes)
-        if page.keys:
-            root.append(_batch(page))
-    return prefixes, root
-
-
-def list_storage(
-    store: ObjectStore,
-    prefixes: list[str] | None = None,
-    *,
-    concurrency: int = 8,
-    on_progress: ProgressCallback | None = None,
-) -> StorageInventory:
-    """List the given prefixes (None: the whole bucket) concurrently into one columnar frame."""
-    started = time.perf_counter()
-    requests_before = store.requests
-    errors: list[str] = []
-    chunks: list[pa.RecordBatch] = []
-    lock = threading.Lock()
-
-    if prefixes is None:
-        try:
-            work, chunks = _split_bucket(store)
-        except (ListingFailed, StorageError) as exc:
-            work, errors = [], [str(exc)]
-        listed_prefixes = [""]
-    else:
-        work = minimal_prefixes(prefixes)
-        listed_prefixes = work
-
-    def list_one(prefix: str) -> None:
-        try:
-            for page in store.list_pages(prefix):
-                if not page.keys:
-                    continue
-                batch = _batch(page)
-                with lock:
-                    chunks.append(batch)
-                if on_progress is not None:
-                    on_progress("objects", len(page.keys))
-        except (ListingFailed, StorageError) as exc:
-            with lock:
-                errors.append(str(exc))
-
-    if len(work) <= 1 or concurrency <= 1:
-        for prefix in work:
-            list_one(prefix)
-    else:
-        with ThreadPoolExecutor(
-            max_workers=min(concurrency, len(work)), thread_name_prefix="list"
-        ) as pool:
-            list(pool.map(list_one, work))
-
-    table = (
-        pa.Table.from_batches(chunks, schema=_OBJECT_SCHEMA)
-        if chunks
-        else _OBJECT_SCHEMA.empty_table()
-    )
-    objects = table.to_pandas()
-    del table
-    # The prefixes listed are disjoint (minimal_prefixes), so no key can appear twice.
-    pa.default_memory_pool().release_unused()
-    return StorageInventory(
-        bucket=store.bucket,
-        backend=store.backend,
-        prefixes=listed_prefixes,
-        objects=objects,
-        complete=not errors,
-        errors=sorted(errors),
-        requests=store.requests - requests_before,
-        seconds=time.perf_counter() - started,
-    )
-
-
-def merge_storage(a: StorageInventory, b: StorageInventory) -> StorageInventory:
-    objects = pd.concat([a.objects, b.objects], ignore_index=True).drop_duplicates(
-        "key", ignore_index=True
-    )
-    return StorageInventory(
-        bucket=a.bucket,
-        backend=a.backend,
-        prefixes=minimal_prefixes(a.prefixes + b.prefixes),
-        objects=objects,
-        complete=a.complete and b.complete,
-        errors=a.errors + b.errors,
-        requests=a.requests + b.requests,
-        seconds=a.seconds + b.seconds,
-        listed_at=min(a.listed_at, b.listed_at),
-    )
-
-
-def covering_prefixes(keys: Iterable[str], already: list[str], max_prefixes: int = 64) -> list[str]:
-    """A few prefixes that together cover every key not yet covered by `already`.
-
-    Used when a tenant's rows reference objects outside the tenant's own prefixes (images may
-    live anywhere their URLs point): the referenced directories are listed in bulk rather than
-    sending one request per reference. Directories are merged upward until at most
-    max_prefixes remain; past that, the whole bucket is listed.
-    """
-    uncovered = {k for k in keys if k and not any(k.startswith(p) for p in already)}
-    if not uncovered:
-        return []
-    prefixes = minimal_prefixes(k.rsplit("/", 1)[0] + "/" if "/" in k else k for k in uncovered)
-    depth = max(p.count("/") for p in prefixes)
-    while len(prefixes) > max_prefixes:
-        depth -= 1
-        if depth <= 0:
-            return [""]
-        prefixes = minimal_prefixes(_truncate(p, depth) for p in prefixes)
-    return prefixes
-
-
-def _truncate(prefix: str, depth: int) -> str:
-    """Keep the first `depth` directory levels of a prefix."""
-    parts = prefix.split("/")
-    return prefix if len(parts) - 1 <= depth else "/".join(parts[:depth]) + "/"
-
-
-# --------------------------------------------------------------------------- database
 
 
 @dataclass
@@ -277,7 +35,7 @@ class DatabaseInventory:
     complete: bool = True
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    read_at: datetime = field(default_factory=_utcnow)
+    read_at: datetime = field(default_factory=utcnow)
 
     @property
     def rows(self) -> int:
@@ -523,29 +281,6 @@ def is_transient(exc: sa.exc.DBAPIError) -> bool:
             "could not receive",
         )
     )
-
-
-def discover_tenants(store: ObjectStore, engine: sa.Engine, spec: ReconciliationSpec) -> list[str]:
-    """Tenants found in storage (the prefixes under each tenant template) and in the database."""
-    from integrity.storage.base import list_common_prefixes
-
-    found: set[str] = set()
-    for template in spec.tenant_prefix_templates:
-        head = template.split("{tenant}", 1)[0]
-        for prefix in list_common_prefixes(store, head):
-            tenant = prefix[len(head) :].rstrip("/")
-            if tenant:
-                found.add(tenant)
-    columns = [(t.table, t.tenant) for t in spec.tables.values()]
-    if spec.plans is not None:
-        columns.append((spec.plans.table, spec.plans.tenant))
-    with engine.connect() as conn:
-        for table, column in columns:
-            rows = conn.execute(
-                sa.select(sa.column(column)).select_from(table_clause(table)).distinct()
-            )
-            found.update(str(r[0]) for r in rows if r[0] is not None and str(r[0]))
-    return sorted(found)
 
 
 def referenced_keys(
