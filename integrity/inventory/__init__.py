@@ -7,9 +7,11 @@ complete; nothing downstream may act on an incomplete one.
 
 from integrity.inventory.names import ALL_TENANTS, JOBS, PLANS
 from integrity.inventory.objects import (
+    OBJECT_SCHEMA,
     ProgressCallback,
     StorageInventory,
     covering_prefixes,
+    inventory_from_batches,
     list_storage,
     merge_storage,
     minimal_prefixes,
@@ -27,6 +29,7 @@ from integrity.inventory.snapshots import read_parquet, write_parquet
 from integrity.inventory.tenants import discover_tenants
 
 __all__ = [
+    "OBJECT_SCHEMA",
     "ALL_TENANTS",
     "JOBS",
     "PLANS",
@@ -37,6 +40,7 @@ __all__ = [
     "covering_prefixes",
     "db_error_reason",
     "discover_tenants",
+    "inventory_from_batches",
     "is_transient",
     "list_storage",
     "merge_storage",

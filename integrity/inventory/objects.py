@@ -27,7 +27,7 @@ from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
 ProgressCallback = Callable[[str, int], None]
 
 
-_OBJECT_SCHEMA = pa.schema(
+OBJECT_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("size", pa.int64()),
@@ -90,6 +90,35 @@ class StorageInventory:
         return cls(objects=frame, **meta)
 
 
+def inventory_from_batches(
+    batches: Iterable[pa.RecordBatch],
+    *,
+    bucket: str,
+    backend: str = "s3",
+    prefixes: list[str] | None = None,
+    source: str = "listing",
+    snapshot_at: datetime | None = None,
+    errors: list[str] | None = None,
+    requests: int = 0,
+    seconds: float = 0.0,
+) -> StorageInventory:
+    """A storage inventory from record batches of OBJECT_SCHEMA, from any source."""
+    table = pa.Table.from_batches(list(batches), schema=OBJECT_SCHEMA)
+    errors = sorted(errors or [])
+    return StorageInventory(
+        bucket=bucket,
+        backend=backend,
+        prefixes=[""] if prefixes is None else prefixes,
+        objects=table.to_pandas(),
+        complete=not errors,
+        errors=errors,
+        requests=requests,
+        seconds=seconds,
+        source=source,
+        snapshot_at=snapshot_at,
+    )
+
+
 def minimal_prefixes(prefixes: Iterable[str]) -> list[str]:
     """Drop prefixes that another prefix in the set already covers."""
     kept: list[str] = []
@@ -107,7 +136,7 @@ def _batch(page: ListingPage) -> pa.RecordBatch:
             pa.array(page.etags, pa.string()),
             pa.array(page.last_modified, pa.timestamp("us", tz="UTC")),
         ],
-        schema=_OBJECT_SCHEMA,
+        schema=OBJECT_SCHEMA,
     )
 
 
@@ -171,9 +200,9 @@ def list_storage(
             list(pool.map(list_one, work))
 
     table = (
-        pa.Table.from_batches(chunks, schema=_OBJECT_SCHEMA)
+        pa.Table.from_batches(chunks, schema=OBJECT_SCHEMA)
         if chunks
-        else _OBJECT_SCHEMA.empty_table()
+        else OBJECT_SCHEMA.empty_table()
     )
     objects = table.to_pandas()
     del table
