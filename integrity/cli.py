@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -1099,13 +1100,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _program(name: str) -> str:
+    """How to call one of this environment's programs from a fresh shell: its path (relative
+    to the working directory when inside it) unless the shell already finds this very one."""
+    path = Path(sys.executable).parent / name
+    if not path.exists() or shutil.which(name) == str(path):
+        return name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _dagster_hint(home: Path) -> str:
     """How to see the same demo in the UI and heal it, naming any environment that would point
     elsewhere."""
+    dagster, integrity = _program("dagster"), _program("integrity")
     lines = [
-        "Now run `dagster dev` from the project root: the UI shows the same demo.",
-        f"Heal it: review `integrity reconcile`, then `{settings.ENV_ALLOW_WRITES}=1 integrity "
-        "reconcile --apply` (README: Remediation).",
+        f"Now run `{dagster} dev` from the project root: the UI shows the same demo.",
+        f"Heal it: review `{integrity} reconcile`, then `{settings.ENV_ALLOW_WRITES}=1 "
+        f"{integrity} reconcile --apply` (docs/remediation.md).",
     ]
     if home != (Path.cwd() / ".integrity").absolute() and os.environ.get(settings.ENV_HOME) != str(
         home

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,20 @@ def test_demo_summary_without_json(built: subprocess.CompletedProcess[str], home
     assert "demo kept (--no-reset)" in result.stdout
     for kind, n in EXPECTED_FINDINGS.items():
         assert re.search(rf"^\s+{kind}\s+{n}\s", result.stdout, re.M), kind
-    assert "`dagster dev`" in result.stdout
+    # The closing hints name programs a fresh shell (no virtualenv activated) can run.
+    fresh_path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if Path(d) != Path(sys.executable).parent
+    )
+    programs = re.findall(
+        r"`(?:[A-Z_]+=\S+ )?(\S*(?:dagster|integrity)) (?:dev|reconcile)", result.stdout
+    )
+    assert any(p.endswith("dagster") for p in programs), result.stdout
+    assert any(p.endswith("integrity") for p in programs), result.stdout
+    for program in programs:
+        runnable = (home.parent / program).is_file() or shutil.which(program, path=fresh_path)
+        assert runnable, f"{program!r} cannot be run from a fresh shell in {home.parent}"
 
 
 def _dzi(path: Path) -> tuple[int, int, int, int]:
