@@ -138,7 +138,9 @@ def evaluate_kind(
         metadata={
             "count": count,
             "checked": checked,
-            "ratio": ratio,
+            "ratio": round(
+                ratio, 4
+            ),  # shown, never compared: the verdict above used the exact ratio
             "warn_above": _limit_text(thresholds.warn_above),
             "error_above": _limit_text(thresholds.error_above),
             "complete": complete,

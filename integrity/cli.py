@@ -831,7 +831,7 @@ def format_remediation(remediation: Remediation) -> list[str]:
         acts = ", ".join(f"{a} {n:,}" for a, n in remediation.planned.items() if n)
         return [
             "",
-            f"with --apply, remediation would act on {total:,} findings: {acts}",
+            f"with --apply, remediation would act on {_count(total, 'finding')}: {acts}",
             "  (each object and row is checked again right before it is changed)",
             f"to apply: run again with --apply and {settings.ENV_ALLOW_WRITES}=1 in the environment.",
         ]
@@ -1039,7 +1039,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         report, args, source=store.description, database=safe_url(db_url), remediation=remediation
     )
     if report_path is not None and not args.json:
-        print(f"report written to {report_path} ({len(report.findings):,} findings)")
+        print(f"report written to {report_path} ({_count(len(report.findings), 'finding')})")
     if args.apply and remediation.refused:
         sys.stdout.flush()
         return _error(remediation.refused, EXIT_ERROR if report.complete else EXIT_INCOMPLETE)
@@ -1098,6 +1098,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(_dagster_hint(home), file=out, flush=True)
     _completed(report, remediation)
     return code
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 finding", "2 findings"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _program(name: str) -> str:

@@ -91,6 +91,15 @@ def test_count_thresholds_and_null() -> None:
     assert _level("stuck_job", 1, 0, KindThresholds(warn_above=5, error_above="50%")) == ERROR
 
 
+def test_kind_outcome_shows_a_rounded_ratio_but_judges_the_exact_one() -> None:
+    """1 of 3 is shown as 0.3333; a limit of 33.33% is still exceeded by the exact 1/3."""
+    outcome = evaluate_kind(
+        "orphan_object", 1, 3, KindThresholds(warn_above=0, error_above="33.33%"), [], complete=True
+    )
+    assert outcome.metadata["ratio"] == 0.3333
+    assert outcome.level == ERROR
+
+
 def test_kind_outcome_metadata_caps_examples() -> None:
     examples = [{"key": f"k{i}", "row_id": None, "table": None, "detail": "d"} for i in range(9)]
     outcome = evaluate_kind(

@@ -284,7 +284,7 @@ def test_dry_run_by_default_changes_nothing_and_ends_with_the_completed_line(
     assert line["scope"] == ALL_TENANTS and line["complete"] is True
     expected_counts, objects, rows = EXPECTED[ALL_TENANTS]
     assert {k: line[k] for k in expected_counts} == expected_counts
-    assert (line["objects_checked"], line["checked"]) == (objects, rows)
+    assert line["checked"] == {"objects": objects, "rows": rows}  # the shape --json prints
     assert instance.get_run_by_id(result.run_id).tags[REMEDIATION_TAG] == "true"
 
 

@@ -137,7 +137,7 @@ def db_inventory(
                 f"rows/{name}": dg.MetadataValue.int(len(frame))
                 for name, frame in inventory.tables.items()
             },
-            "seconds": dg.MetadataValue.float(inventory.seconds),
+            "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             **_completeness(inventory.complete, inventory.errors),
         }
     )
@@ -175,7 +175,7 @@ def storage_inventory(
         {
             "objects_listed": dg.MetadataValue.int(len(inventory.objects)),
             "requests": dg.MetadataValue.int(inventory.requests),
-            "seconds": dg.MetadataValue.float(inventory.seconds),
+            "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             "prefixes": dg.MetadataValue.int(len(inventory.prefixes)),
             **_completeness(inventory.complete, inventory.errors),
         }
@@ -230,8 +230,8 @@ def reconciliation_report(
             "objects_listed": dg.MetadataValue.int(report.objects_checked),
             "rows_read": dg.MetadataValue.int(report.rows_checked),
             "requests": dg.MetadataValue.int(storage_inventory.requests),
-            "seconds": dg.MetadataValue.float(report.timings["total_seconds"]),
-            "diff_seconds": dg.MetadataValue.float(diff_seconds),
+            "seconds": dg.MetadataValue.float(round(report.timings["total_seconds"], 3)),
+            "diff_seconds": dg.MetadataValue.float(round(diff_seconds, 3)),
             **_completeness(report.complete, report.reasons),
             "examples": examples_table(report),
         }

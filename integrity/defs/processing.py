@@ -100,7 +100,7 @@ def _metadata(result: ProcessResult) -> dict[str, Any]:
         "sheets_skipped": dg.MetadataValue.int(result.sheets_skipped),
         "tiles_written": dg.MetadataValue.int(result.tiles_written),
         "objects_written": dg.MetadataValue.int(result.objects_written),
-        "seconds": dg.MetadataValue.float(result.seconds),
+        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
     }
     if result.plan_id:
         values["plan_id"] = dg.MetadataValue.text(result.plan_id)

@@ -217,7 +217,7 @@ def _remediation_metadata(
             if counts[name]
         },
         "batches": dg.MetadataValue.int(result.batches),
-        "seconds": dg.MetadataValue.float(result.seconds),
+        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
         "queue": dg.MetadataValue.text(queue_description),
         "interrupted_runs": dg.MetadataValue.int(len(ids)),
         "interrupted_run_ids": dg.MetadataValue.text(shown or "none"),
@@ -325,7 +325,7 @@ def apply_rollback(
             "dry_run": dg.MetadataValue.bool(result.dry_run),
             **{name: dg.MetadataValue.int(summary[name]) for name in ROLLBACK_COUNTS},
             "batches": dg.MetadataValue.int(result.batches),
-            "seconds": dg.MetadataValue.float(result.seconds),
+            "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
         }
     )
     context.log.info(rollback_completed_line(result))

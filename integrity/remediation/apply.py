@@ -152,8 +152,7 @@ def completed_record(
         record.update(
             scope=report.scope,
             complete=report.complete,
-            checked=report.rows_checked,
-            objects_checked=report.objects_checked,
+            checked={"objects": report.objects_checked, "rows": report.rows_checked},
             **report.counts(),
         )
     if result is not None:
