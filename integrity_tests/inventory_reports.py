@@ -12,6 +12,7 @@ split into `files` data files, or from an iterable of tables (one data file each
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -232,20 +233,18 @@ def _csv_bytes(table: pa.Table, fields: Sequence[str]) -> bytes:
         if name == "Key":
             column = form_encode(column)
         elif name == "LastModifiedDate":
-            column = pc.binary_join_element_wise(
-                pc.strftime(column, "%Y-%m-%dT%H:%M:%S", "C"), "Z", ""
-            )
+            # Arrow spells a UTC timestamp[ms] '2024-05-01 12:00:00.123Z'; AWS puts a 'T'.
+            column = pc.replace_substring(column.cast(pa.string()), " ", "T", max_replacements=1)
         elif column.type == pa.bool_():
             column = pc.if_else(column, "true", "false")
         columns.append(column.cast(pa.string()))
     strings = pa.table(columns, names=list(fields))
     sink = pa.BufferOutputStream()
-    out = pa.CompressedOutputStream(sink, "gzip")
     pacsv.write_csv(
-        strings, out, pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+        strings, sink, pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     )
-    out.close()  # closes the sink too, whose buffer stays readable
-    return sink.getvalue().to_pybytes()
+    # gzip at level 1: a valid .csv.gz like AWS's, written several times faster than level 9.
+    return gzip.compress(sink.getvalue().to_pybytes(), compresslevel=1, mtime=0)
 
 
 def _parquet_bytes(table: pa.Table, fields: Sequence[str]) -> bytes:

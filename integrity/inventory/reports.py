@@ -741,13 +741,16 @@ def decode_form_keys(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
         return keys
     data[plus] = 0x20
     if percent.size:
-        row = np.searchsorted(offsets, percent, side="right") - 1
-        inside = percent + 2 < offsets[row + 1]
+        # An escape needs two more bytes in its own key: none starts in a key's last two bytes.
+        near_end = np.zeros(len(data) + 2, bool)
+        near_end[offsets[1:] - 1] = True
+        near_end[np.maximum(offsets[1:] - 2, 0)] = True
         hi = _HEX[data[np.minimum(percent + 1, len(data) - 1)]]
         lo = _HEX[data[np.minimum(percent + 2, len(data) - 1)]]
-        wrong = ~inside | (hi < 0) | (lo < 0)
+        wrong = near_end[percent] | (hi < 0) | (lo < 0)
         if wrong.any():
-            first = int(row[np.argmax(wrong)])
+            at = percent[np.argmax(wrong)]
+            first = int(np.searchsorted(offsets, at, side="right") - 1)
             raise ValueError(
                 f"key {shown(keys[first].as_py())} is not URL-encoded: a '%' without two hex digits"
             )
