@@ -137,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a local directory standing in for the bucket (env {settings.ENV_STORAGE_DIR}; "
         "default: the demo storage directory)",
     )
+    where.add_argument(
+        "--inventory",
+        metavar="SOURCE",
+        type=_text,
+        help="read storage from an S3 Inventory report instead of listing it: a manifest.json "
+        "(s3:// or a path) or a destination s3://dest/prefix/source-bucket/config-id/ (or a "
+        f"directory laid out so), whose newest complete report is taken (env "
+        f"{settings.ENV_INVENTORY}; else the spec's inventory_report.source)",
+    )
+    where.add_argument(
+        "--inventory-max-age",
+        metavar="DURATION",
+        help="an inventory report older than this does not drive --apply (env "
+        f"{settings.ENV_INVENTORY_MAX_AGE}; else the spec's inventory_report.max_age; default 48h)",
+    )
     rec.add_argument(
         "--spec",
         metavar="FILE",
@@ -455,6 +470,31 @@ def resolve_store(args: argparse.Namespace) -> ObjectStore:
     return LocalStorage(args.storage_dir or settings.default_storage_dir())
 
 
+def open_inventory(args: argparse.Namespace, spec: Any, store: ObjectStore) -> Any:
+    """The inventory report storage is read from (--inventory, else INTEGRITY_INVENTORY, else
+    the spec's inventory_report.source), resolved and checked against the bucket; None: list."""
+    from integrity.inventory.reports import open_report
+    from integrity.storage.s3 import s3_client
+
+    if args.inventory:
+        source, option = args.inventory, "--inventory"
+    elif _env(settings.ENV_INVENTORY):
+        source, option = _env(settings.ENV_INVENTORY), settings.ENV_INVENTORY
+    elif spec.inventory_report.source:
+        source, option = spec.inventory_report.source, "inventory_report.source"
+    else:
+        return None
+    client = getattr(store, "client", None) if store.backend == "s3" else None
+    report = open_report(
+        source,
+        client=client,
+        client_factory=lambda: s3_client(args.endpoint_url, args.region),
+        option=option,
+    )
+    report.check_bucket(store.bucket)
+    return report
+
+
 # botocore's own rules: a bucket name as its parameter validation accepts it, a region name as
 # its endpoint resolver does.
 _BUCKET_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,255}")
@@ -553,13 +593,22 @@ def run_reconciliation(
     *,
     concurrency: int = 8,
     progress: bool = False,
+    inventory_report: Any = None,
 ) -> ReconciliationReport:
     """The core's reconcile, with the progress line when asked for."""
     from integrity.reconcile import reconcile
 
     display = Progress(sys.stderr) if progress else None
     try:
-        return reconcile(store, engine, spec, options, concurrency=concurrency, on_progress=display)
+        return reconcile(
+            store,
+            engine,
+            spec,
+            options,
+            concurrency=concurrency,
+            on_progress=display,
+            inventory_report=inventory_report,
+        )
     finally:
         if display is not None:
             display.close()
@@ -701,9 +750,13 @@ def preview(report: ReconciliationReport, options: Any) -> Remediation:
     No storage re-check and no row is read: the planning step only (cheap at any size)."""
     from integrity.diff import ACTION_KINDS, ACTIONS
     from integrity.remediation import plan_remediation
+    from integrity.remediation.plan import stale_storage
 
     if not report.complete:
         return Remediation()
+    stale = stale_storage(report, options)
+    if stale is not None:
+        return Remediation(refused=stale)
     try:
         plan = plan_remediation(report, options)
     except RemediationRefused as exc:
@@ -889,6 +942,7 @@ def format_summary(
     database: str,
     examples: int = 10,
     remediation: Remediation | None = None,
+    inventory_skipped: Sequence[str] = (),
 ) -> str:
     """The readable summary shared by `reconcile` and `demo`."""
     from integrity.diff import ACTIONS
@@ -903,6 +957,7 @@ def format_summary(
         if applied
         else "integrity reconcile (dry run: nothing was changed)",
         f"  storage   {source}",
+        *_snapshot_lines(report, inventory_skipped),
         f"  database  {database}",
         f"  scope     {scope}"
         + (f", status {opts['status']}" if opts.get("status") else "")
@@ -945,6 +1000,34 @@ def format_summary(
     return "\n".join(lines)
 
 
+def _snapshot_lines(report: ReconciliationReport, skipped: Sequence[str] = ()) -> list[str]:
+    """The summary's line on where storage came from when it is an inventory report's snapshot."""
+    from integrity.inventory.reports import SOURCE_PREFIX, age_text
+
+    if not report.storage_source.startswith(SOURCE_PREFIX) or report.storage_as_of is None:
+        return []
+    as_of = report.storage_as_of
+    return [
+        f"  snapshot  {report.storage_source} as of {as_of:%Y-%m-%dT%H:%M:%SZ} "
+        f"({age_text(as_of)} old); rows changed since are never judged missing",
+        *[f"            newer report skipped: {reason}" for reason in skipped],
+    ]
+
+
+def storage_json(report: ReconciliationReport) -> dict[str, Any]:
+    """The keys saying where storage came from and as of when, for the `--json` summary."""
+    from datetime import datetime, timezone
+
+    as_of = report.storage_as_of
+    return {
+        "storage_source": report.storage_source,
+        "storage_as_of": as_of.isoformat() if as_of else None,
+        "storage_age_seconds": round((datetime.now(timezone.utc) - as_of).total_seconds(), 3)
+        if as_of
+        else None,
+    }
+
+
 def _emit(
     report: ReconciliationReport,
     args: argparse.Namespace,
@@ -952,15 +1035,27 @@ def _emit(
     source: str,
     database: str,
     remediation: Remediation,
+    inventory_skipped: Sequence[str] = (),
 ) -> int:
     """Print the report (and what remediation did) as JSON or a summary; return the exit code."""
     if args.json:
         summary = report.summary()
         summary["seconds"] = round(report.timings.get("total_seconds", 0.0), 3)
+        summary.update(storage_json(report))
+        if inventory_skipped:
+            summary["inventory_skipped"] = list(inventory_skipped)
         summary.update(remediation_json(remediation))
         print(json.dumps(summary, ensure_ascii=False, default=str))
     else:
-        print(format_summary(report, source=source, database=database, remediation=remediation))
+        print(
+            format_summary(
+                report,
+                source=source,
+                database=database,
+                remediation=remediation,
+                inventory_skipped=inventory_skipped,
+            )
+        )
     if not report.complete:
         # With --apply the refusal line carries the reasons; stderr stays one line.
         if args.json and not getattr(args, "apply", False):
@@ -997,16 +1092,33 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if queue_url:
         queue_location(queue_url, "--queue-url" if args.queue_url else settings.ENV_QUEUE_URL)
     options = remediation_options(args, dry_run=not args.apply)
+    max_age_option = (
+        "--inventory-max-age" if args.inventory_max_age else settings.ENV_INVENTORY_MAX_AGE
+    )
+    max_age_text = args.inventory_max_age or _env(settings.ENV_INVENTORY_MAX_AGE)
+    max_age = parse_duration(max_age_text, option=max_age_option) if max_age_text else None
     if args.apply:
         require_writes("integrity reconcile --apply")
+
+    import dataclasses
 
     from integrity.diff import DiffOptions
     from integrity.inventory import safe_url
     from integrity.spec import load_spec
 
     spec = load_spec(args.spec or _env(settings.ENV_SPEC))
+    if max_age is None:
+        max_age = spec.inventory_report.max_age_delta
+    options = dataclasses.replace(options, inventory_max_age=max_age.total_seconds())
     db_url = args.db_url or settings.default_db_url()
     store = resolve_store(args)
+    inventory_report = open_inventory(args, spec, store)
+    if inventory_report is not None and args.apply:
+        from integrity.inventory.reports import too_old
+
+        stale = too_old(inventory_report.source, inventory_report.created_at, max_age)
+        if stale is not None:
+            raise RemediationRefused(f"--apply: {stale}; nothing was changed")
     engine = make_engine(db_url, option=_db_url_option(args))
     work_queue = None
     if args.apply:
@@ -1024,6 +1136,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             diff,
             concurrency=args.concurrency or LIST_CONCURRENCY,
             progress=sys.stderr.isatty(),
+            inventory_report=inventory_report,
         )
         if args.apply:
             remediation = apply_remediation(
@@ -1036,7 +1149,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if report_path is not None:
         report.export(report_path)
     code = _emit(
-        report, args, source=store.description, database=safe_url(db_url), remediation=remediation
+        report,
+        args,
+        source=store.description,
+        database=safe_url(db_url),
+        remediation=remediation,
+        inventory_skipped=inventory_report.skipped if inventory_report is not None else (),
     )
     if report_path is not None and not args.json:
         print(f"report written to {report_path} ({_count(len(report.findings), 'finding')})")

@@ -19,6 +19,11 @@ class StorageError(IntegrityError):
     """The bucket or storage directory cannot be read (missing, unreachable, denied)."""
 
 
+class InventoryError(StorageError):
+    """An S3 Inventory report cannot be used: missing, incomplete, malformed, for another bucket,
+    or a data file that does not match its manifest; the message names the file."""
+
+
 class DatabaseError(IntegrityError):
     """The database cannot be reached or read."""
 

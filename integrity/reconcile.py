@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -21,11 +22,15 @@ from integrity.inventory import (
     covering_prefixes,
     list_storage,
     merge_storage,
+    minimal_prefixes,
     read_database,
     referenced_keys,
 )
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from integrity.inventory.reports import InventoryReport
 
 
 def tenant_scope(tenant: str | None) -> str | None:
@@ -78,6 +83,27 @@ def build_storage_inventory(
     )
 
 
+def read_inventory_report(
+    report: InventoryReport,
+    store: ObjectStore,
+    db: DatabaseInventory | None,
+    spec: ReconciliationSpec,
+    tenant: str | None,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> StorageInventory:
+    """The storage side from an S3 Inventory report instead of a listing: for a tenant, the
+    keys under its prefixes and under the directories its rows point into, as listed."""
+    prefixes = storage_prefixes(spec, tenant)
+    if prefixes is not None:
+        assert db is not None, "a tenant's storage side needs its rows first"
+        referenced = referenced_keys(db, spec, store.bucket, store.backend)
+        prefixes = minimal_prefixes(prefixes + covering_prefixes(referenced, prefixes))
+    return report.read(
+        bucket=store.bucket, backend=store.backend, prefixes=prefixes, on_progress=on_progress
+    )
+
+
 def reconcile(
     store: ObjectStore,
     engine: sa.Engine,
@@ -86,22 +112,49 @@ def reconcile(
     *,
     concurrency: int = 8,
     on_progress: ProgressCallback | None = None,
+    inventory_report: InventoryReport | None = None,
 ) -> ReconciliationReport:
-    """Preflight both sides, then list storage while the database is read, then diff."""
+    """Preflight both sides, then list storage while the database is read, then diff.
+
+    With `inventory_report`, storage is that report's snapshot instead of a listing (read while
+    the database is, unless a tenant's rows must say first which directories to keep).
+    """
     options = options or DiffOptions()
     started = time.perf_counter()
     store.check_access()
     check_database(engine, spec)
     tenant = tenant_scope(options.tenant)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db") as pool:
-        db_future = pool.submit(read_database, engine, spec, tenant=tenant, on_progress=on_progress)
-        inventory = list_storage(
-            store, storage_prefixes(spec, tenant), concurrency=concurrency, on_progress=on_progress
+    if inventory_report is not None:
+        inventory_report.check_bucket(store.bucket)
+        if tenant is None:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db") as pool:
+                db_future = pool.submit(
+                    read_database, engine, spec, tenant=tenant, on_progress=on_progress
+                )
+                inventory = read_inventory_report(
+                    inventory_report, store, None, spec, None, on_progress=on_progress
+                )
+                db = db_future.result()
+        else:
+            db = read_database(engine, spec, tenant=tenant, on_progress=on_progress)
+            inventory = read_inventory_report(
+                inventory_report, store, db, spec, tenant, on_progress=on_progress
+            )
+    else:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db") as pool:
+            db_future = pool.submit(
+                read_database, engine, spec, tenant=tenant, on_progress=on_progress
+            )
+            inventory = list_storage(
+                store,
+                storage_prefixes(spec, tenant),
+                concurrency=concurrency,
+                on_progress=on_progress,
+            )
+            db = db_future.result()
+        inventory = list_referenced_outside(
+            store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
         )
-        db = db_future.result()
-    inventory = list_referenced_outside(
-        store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
-    )
     diff_started = time.perf_counter()
     report = diff_inventories(inventory, db, spec, options)
     report.timings["diff_seconds"] = time.perf_counter() - diff_started

@@ -16,6 +16,10 @@ ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"
 ENV_STORAGE_DIR = "INTEGRITY_STORAGE_DIR"
 ENV_SPEC = "INTEGRITY_SPEC"
 ENV_QUEUE_URL = "INTEGRITY_QUEUE_URL"
+# An S3 Inventory report as the storage side (a manifest.json or a destination's config-id
+# folder) and the oldest one that may drive writes (a duration, default 48h).
+ENV_INVENTORY = "INTEGRITY_INVENTORY"
+ENV_INVENTORY_MAX_AGE = "INTEGRITY_INVENTORY_MAX_AGE"
 ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
 # How long a remediation or rollback run stays `running` in the ledger without a sign of life
 # (seconds, default 180); a run whose lease runs out was interrupted.

@@ -408,6 +408,53 @@ class FreshnessCheckSpec(_Model):
         return parse_duration(self.max_age)
 
 
+class InventoryReportSpec(_Model):
+    """An S3 Inventory report as the storage side instead of a listing: the newest complete
+    report under a destination, or one manifest.json (the CLI's --inventory and
+    INTEGRITY_INVENTORY win over `source`, --inventory-max-age and INTEGRITY_INVENTORY_MAX_AGE
+    over `max_age`)."""
+
+    source: str | None = Field(
+        default=None,
+        description="s3://dest/prefix/source-bucket/config-id/, a manifest.json (s3:// or a "
+        "path), or a local directory laid out like a destination; unset means a listing.",
+    )
+    max_age: str = Field(
+        default="48h",
+        description="The oldest report that may drive writes (a duration: 48h, 2d, 90m).",
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: object) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"must be an s3:// URL or a path, not {v!r}")
+        value = v.strip()
+        if value.startswith("s3://"):
+            if not re.fullmatch(r"[A-Za-z0-9.\-_]{1,255}", value[5:].split("/", 1)[0]):
+                raise ValueError(f"{value!r} names no bucket (s3://BUCKET/prefix/...)")
+        elif "://" in value:
+            raise ValueError(f"{value!r} is neither an s3:// URL nor a local path")
+        return value
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _max_age(cls, v: object) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError(f"must be a duration like '48h', not {v!r}")
+        try:
+            parse_duration(str(v), option="max_age")
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("max_age: ")) from None
+        return str(v)
+
+    @property
+    def max_age_delta(self) -> timedelta:
+        return parse_duration(self.max_age)
+
+
 class ChecksSpec(_Model):
     """The asset checks' thresholds; every field has a default, so the section is optional."""
 
@@ -446,6 +493,7 @@ class ReconciliationSpec(_Model):
     plans: PlansSpec | None = Field(default_factory=PlansSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    inventory_report: InventoryReportSpec = Field(default_factory=InventoryReportSpec)
 
     @model_validator(mode="after")
     def _cross_references(self) -> ReconciliationSpec:

@@ -11,7 +11,7 @@ IntegrityError into a step failure with that line.
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -22,7 +22,7 @@ from integrity.defs.resources import DatabaseResource, SpecResource, StorageReso
 from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, diff_inventories
 from integrity.errors import IntegrityError
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
-from integrity.reconcile import build_storage_inventory, tenant_scope
+from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
 from integrity.spec import check_tenant
 
 GROUP = "reconciliation"
@@ -159,16 +159,29 @@ def storage_inventory(
     """The storage side: every object under the tenant's prefixes and the directories its rows point into.
 
     Listed in bulk (1,000 keys a page, prefixes concurrently) instead of one HEAD per row; a
-    page that fails after its retries marks the inventory incomplete rather than short.
+    page that fails after its retries marks the inventory incomplete rather than short. With
+    INTEGRITY_INVENTORY (or the spec's inventory_report) it is read from an S3 Inventory report
+    instead: a snapshot as of the report's creation time, which its metadata states.
     """
     tenant = partition_tenant(context.partition_key)
     with fail_clearly():
         reconciliation_spec = spec.load()
         store = storage.get_store()
         store.check_access()
-        inventory = build_storage_inventory(store, db_inventory, reconciliation_spec, tenant)
+        report = storage.inventory_report(reconciliation_spec, store)
+        if report is None:
+            inventory = build_storage_inventory(store, db_inventory, reconciliation_spec, tenant)
+        else:
+            for reason in report.skipped:
+                context.log.warning(f"newer inventory report skipped: {reason}")
+            inventory = read_inventory_report(
+                report, store, db_inventory, reconciliation_spec, tenant
+            )
+    verb = "listed" if report is None else f"read from {report.url}"
     context.log.info(
-        f"listed {len(inventory.objects)} objects in {store.description} with {inventory.requests} requests"
+        f"{verb}: {len(inventory.objects)} objects of {store.description} with "
+        f"{inventory.requests} requests"
+        + ("" if report is None else f", as of {report.created_at.isoformat()}")
     )
     _warn_if_incomplete(context, "the storage inventory", inventory.errors)
     context.add_output_metadata(
@@ -178,9 +191,29 @@ def storage_inventory(
             "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             "prefixes": dg.MetadataValue.int(len(inventory.prefixes)),
             **_completeness(inventory.complete, inventory.errors),
+            **storage_source_metadata(inventory.source, inventory.as_of, inventory.snapshot_at),
+            **(
+                {"skipped_reports": dg.MetadataValue.text("; ".join(report.skipped))}
+                if report is not None and report.skipped
+                else {}
+            ),
         }
     )
     return inventory
+
+
+def storage_source_metadata(
+    source: str, as_of: datetime | None, snapshot_at: datetime | None
+) -> dict[str, dg.MetadataValue]:
+    """Where the storage side came from and as of when; for a snapshot, how old it is."""
+    meta = {
+        "storage_source": dg.MetadataValue.text(source),
+        "storage_as_of": dg.MetadataValue.text(as_of.isoformat() if as_of else "unknown"),
+    }
+    if snapshot_at is not None:
+        age = datetime.now(timezone.utc) - snapshot_at
+        meta["snapshot_age_hours"] = dg.MetadataValue.float(round(age.total_seconds() / 3600, 3))
+    return meta
 
 
 @dg.asset(
@@ -233,6 +266,11 @@ def reconciliation_report(
             "seconds": dg.MetadataValue.float(round(report.timings["total_seconds"], 3)),
             "diff_seconds": dg.MetadataValue.float(round(diff_seconds, 3)),
             **_completeness(report.complete, report.reasons),
+            **storage_source_metadata(
+                report.storage_source,
+                report.storage_as_of,
+                storage_inventory.snapshot_at,
+            ),
             "examples": examples_table(report),
         }
     )

@@ -13,6 +13,7 @@ failed; `rollback` undoes it.
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
 # annotation as an object (see assets.py).
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
 from integrity.diff import ACTION_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, db_error_reason
+from integrity.inventory.reports import age_text
 from integrity.remediation import (
     COUNT_NAMES,
     RemediationOptions,
@@ -40,7 +42,7 @@ from integrity.remediation.ledger import (
     read_runs,
     remediation_runs,
 )
-from integrity.remediation.plan import RECHECK_BUDGET_SECONDS
+from integrity.remediation.plan import RECHECK_BUDGET_SECONDS, stale_storage
 from integrity.remediation.rollback import (
     ROLLBACK_COUNTS,
     RollbackResult,
@@ -255,13 +257,27 @@ def apply_remediation(
                 "configuration, or reconcile again with this one"
             )
         store.check_access()
+        options = dataclasses.replace(
+            options,
+            inventory_max_age=storage.max_inventory_age(reconciliation_spec).total_seconds(),
+        )
         work_queue = queue.get_queue()
         mode = "dry run" if options.dry_run else "applying"
         context.log.info(
             f"{mode}: report for {report.scope} from {report.generated_at.isoformat()} "
             f"({len(report.findings)} findings) on {database.description}, queue "
-            f"{work_queue.description}"
+            f"{work_queue.description}; storage: {report.storage_source}"
+            + (
+                f" as of {report.storage_as_of.isoformat()} ({age_text(report.storage_as_of)} old)"
+                if report.storage_as_of is not None
+                else ""
+            )
         )
+        stale = stale_storage(report, options)
+        if stale is not None:
+            if not options.dry_run:
+                raise dg.Failure(description=f"{stale}; nothing was changed")
+            context.log.warning(f"a run that writes would be refused: {stale}")
         try:
             with database.engine() as engine:
                 interrupted = interrupted_runs(

@@ -3,7 +3,9 @@
 With no environment the embedded defaults apply (the demo's SQLite file and storage directory
 under `.integrity/`); INTEGRITY_BUCKET switches storage to an S3-compatible bucket,
 INTEGRITY_DB_URL picks another database, INTEGRITY_SPEC another spec and INTEGRITY_QUEUE_URL
-an SQS queue for remediation's re-queues (else a table in the database). Nothing here touches
+an SQS queue for remediation's re-queues (else a table in the database); INTEGRITY_INVENTORY
+reads storage from an S3 Inventory report instead of a listing, and INTEGRITY_INVENTORY_MAX_AGE
+is the oldest such report remediation may write from. Nothing here touches
 the network when the definitions load: stores and engines are made when a step or tick asks.
 
 The storage and queue clients come from the pure core (integrity.storage.s3.s3_client and
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,10 @@ from pydantic import Field
 
 from integrity import settings
 from integrity.database import database_url
+from integrity.durations import parse_duration
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
+from integrity.inventory.reports import InventoryReport, open_report
 from integrity.remediation.queue import WorkQueue, make_queue, sqs_client
 from integrity.spec import ReconciliationSpec, load_spec
 from integrity.storage import LocalStorage, S3Storage
@@ -64,6 +69,17 @@ class StorageResource(dg.ConfigurableResource):
         default=None,
         description="Local directory standing in for a bucket; unset means the embedded default.",
     )
+    inventory: str | None = Field(
+        default=None,
+        description="An S3 Inventory report to read storage from instead of listing it: a "
+        "manifest.json or a destination s3://dest/prefix/source-bucket/config-id/ (its newest "
+        "complete report); unset means the spec's inventory_report.source, else a listing.",
+    )
+    inventory_max_age: str | None = Field(
+        default=None,
+        description="The oldest inventory report remediation may write from (a duration: 48h, "
+        "2d); unset means the spec's inventory_report.max_age (default 48h).",
+    )
 
     def get_store(self) -> ObjectStore:
         if self.bucket:
@@ -71,6 +87,32 @@ class StorageResource(dg.ConfigurableResource):
             return S3Storage(client, self.bucket, attempts=self.listing_attempts)
         root = Path(self.storage_dir) if self.storage_dir else settings.default_storage_dir()
         return LocalStorage(root)
+
+    def inventory_report(
+        self, spec: ReconciliationSpec, store: ObjectStore
+    ) -> InventoryReport | None:
+        """The inventory report storage is read from (this resource's `inventory`, else the
+        spec's inventory_report.source), checked against the bucket; None means a listing."""
+        source, option = self.inventory, settings.ENV_INVENTORY
+        if not source:
+            source, option = spec.inventory_report.source, "inventory_report.source"
+        if not source:
+            return None
+        report = open_report(
+            source,
+            client=getattr(store, "client", None) if store.backend == "s3" else None,
+            client_factory=lambda: s3_client(
+                self.endpoint_url, self.region_name, max_attempts=self.max_attempts
+            ),
+            option=option,
+        )
+        report.check_bucket(store.bucket)
+        return report
+
+    def max_inventory_age(self, spec: ReconciliationSpec) -> timedelta:
+        if self.inventory_max_age:
+            return parse_duration(self.inventory_max_age, option=settings.ENV_INVENTORY_MAX_AGE)
+        return spec.inventory_report.max_age_delta
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -178,6 +220,8 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "storage": StorageResource(
             bucket=_from_env(settings.ENV_BUCKET),
             storage_dir=_from_env(settings.ENV_STORAGE_DIR),
+            inventory=_from_env(settings.ENV_INVENTORY),
+            inventory_max_age=_from_env(settings.ENV_INVENTORY_MAX_AGE),
         ),
         "database": DatabaseResource(url=_from_env(settings.ENV_DB_URL)),
         "spec": SpecResource(path=_from_env(settings.ENV_SPEC)),

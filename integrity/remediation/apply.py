@@ -56,6 +56,7 @@ from integrity.remediation.plan import (
     ALLOW_WRITES_ENV,
     RemediationOptions,
     plan_remediation,
+    stale_storage,
     writes_allowed,
 )
 from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
@@ -367,6 +368,10 @@ def remediate(
             f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
             "environment of the run to apply changes (or leave dry_run on)"
         )
+    if not options.dry_run:
+        stale = stale_storage(report, options)
+        if stale is not None:
+            raise RemediationRefused(f"{stale}; nothing was changed")
     started = time.perf_counter()
     plan = plan_remediation(report, options)
     run_id = run_id or uuid.uuid4().hex

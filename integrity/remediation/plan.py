@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import pandas as pd
 
@@ -17,8 +18,10 @@ from integrity import settings
 from integrity.diff import ACTION_KINDS, FINDING_KINDS, ReconciliationReport
 from integrity.errors import RemediationRefused, SpecError
 from integrity.inventory import ALL_TENANTS
+from integrity.inventory.reports import DEFAULT_MAX_AGE, too_old
 
 ALLOW_WRITES_ENV = settings.ENV_ALLOW_WRITES
+INVENTORY_MAX_AGE_SECONDS = DEFAULT_MAX_AGE.total_seconds()
 RECHECK_BUDGET_SECONDS = 300.0
 """The default time budget of a run's storage re-checks: enough for tens of thousands of HEADs
 on a healthy store, and an end in minutes, not hours, for a store that answers 503 to all."""
@@ -47,6 +50,9 @@ class RemediationOptions:
     recheck_budget: float = RECHECK_BUDGET_SECONDS
     """Seconds the run's storage re-checks may take in all; when they are spent, the run stops
     after the batch at hand (see integrity.remediation.apply.RecheckBudgetExhausted)."""
+    inventory_max_age: float = INVENTORY_MAX_AGE_SECONDS
+    """Seconds: a report whose storage side is an S3 Inventory report older than this does not
+    drive writes (a dry run still counts what it would do)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(FINDING_KINDS))
@@ -69,10 +75,26 @@ class RemediationOptions:
             )
         if self.pause < 0:
             raise SpecError(f"pause: must not be negative, not {self.pause}")
+        if not self.inventory_max_age >= 0:
+            raise SpecError(
+                f"inventory_max_age: must not be negative, not {self.inventory_max_age}"
+            )
         if not self.recheck_budget > 0:
             raise SpecError(
                 f"recheck_budget: must be more than 0 seconds, not {self.recheck_budget}"
             )
+
+
+def stale_storage(
+    report: ReconciliationReport, options: RemediationOptions, now: datetime | None = None
+) -> str | None:
+    """Why the report's storage side, an inventory report, is too old to write from (or None)."""
+    return too_old(
+        report.storage_source,
+        report.storage_as_of,
+        timedelta(seconds=options.inventory_max_age),
+        now,
+    )
 
 
 def plan_remediation(report: ReconciliationReport, options: RemediationOptions) -> pd.DataFrame:
