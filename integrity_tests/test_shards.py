@@ -4,7 +4,6 @@ the findings of one unsharded run, with drift of every kind planted across the b
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,6 @@ import sqlalchemy as sa
 from integrity.diff import DiffOptions, ReconciliationReport
 from integrity.errors import UsageError
 from integrity.inventory import list_storage, read_database
-from integrity.reconcile import reconcile
 from integrity.shards import (
     MergeDetail,
     ShardPlan,
@@ -233,7 +231,10 @@ def test_an_inventory_plan_balances_objects(world: World) -> None:
     inventory = list_storage(world.store)
     plan = plan_from_inventory(inventory, 4, SPEC)
     sizes = pd.Series(plan.shard_of(inventory.objects["key"])).value_counts()
-    assert len(sizes) == 4 and sizes.max() - sizes.min() <= 3
+    n = len(inventory.objects)
+    # Every shard gets objects; one gets at most a quarter plus the unit snapping moved whole
+    # (plan-1's sheets: 4 keys).
+    assert len(sizes) == 4 and sizes.max() <= -(-n // 4) + 4
 
 
 def test_more_shards_than_keys_leaves_empty_shards_and_the_same_findings(world: World) -> None:
