@@ -184,7 +184,10 @@ def test_a_boundary_inside_a_plans_sheets_is_snapped_before_them() -> None:
     assert snap("documents/org-1/x.pdf", SPEC) == "documents/org-1/x.pdf"
     plan = explicit_plan([inside], SPEC)
     assert plan.boundaries == (SHEETS[:-1],)
-    assert plan.shard_of([SHEETS + "s1/tiles/s1.dzi", SHEETS + "s2/tiles/s2.dzi"]).tolist() == [1, 1]
+    assert plan.shard_of([SHEETS + "s1/tiles/s1.dzi", SHEETS + "s2/tiles/s2.dzi"]).tolist() == [
+        1,
+        1,
+    ]
     # The sheets prefix itself (the finding's key) lands with its descriptors.
     assert plan.shard_of([SHEETS]).tolist() == [1]
 
@@ -194,9 +197,10 @@ def test_unsnapped_boundaries_would_split_a_plans_count(world: World) -> None:
     raw = ShardPlan((SHEETS + "s1/tiles/s1.dzi",))
     merged = run_shards(world, raw)
     assert merged.counts()["progress_behind"] == 0
-    assert run_shards(world, explicit_plan(list(raw.boundaries), SPEC)).counts()[
-        "progress_behind"
-    ] == 1
+    assert (
+        run_shards(world, explicit_plan(list(raw.boundaries), SPEC)).counts()["progress_behind"]
+        == 1
+    )
 
 
 def _is_partition(plan: ShardPlan, keys: list[str], shards: int) -> None:

@@ -381,7 +381,6 @@ plan_shards_job = dg.define_asset_job(
 reconcile_shards_job = dg.define_asset_job(
     name=SHARDS_JOB,
     selection=[shard_storage_inventory, shard_report],
-    partitions_def=shard_partitions,
     executor_def=dg.in_process_executor,
     tags={SHARD_TAG: "true"},
     description="List and diff one shard; a backfill over the shards runs one run per shard.",
