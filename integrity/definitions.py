@@ -17,14 +17,15 @@ from integrity.defs import (
     remediation_jobs,
     tenant_discovery_sensor,
 )
+from integrity.defs.shards import shard_assets, shard_jobs, shard_resources
 
 defs = dg.Definitions(
-    assets=reconciliation_assets,
+    assets=[*reconciliation_assets, *shard_assets],
     asset_checks=reconciliation_checks,
-    jobs=[reconcile_job, *remediation_jobs, *processing_jobs],
+    jobs=[reconcile_job, *remediation_jobs, *processing_jobs, *shard_jobs],
     schedules=[daily_reconciliation],
     sensors=[tenant_discovery_sensor, *event_sensors, *alert_sensors, *policy_sensors],
-    resources=build_resources(),
+    resources={**build_resources(), **shard_resources()},
     # Every step here is one bulk call into the core; a process per step (the default) costs
     # more than the step. This also covers materializations and asset backfills from the UI.
     executor=dg.in_process_executor,

@@ -7,6 +7,7 @@ its retries makes the inventory incomplete, with the reason.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from integrity.errors import StorageError
 from integrity.inventory.names import utcnow
@@ -140,6 +142,16 @@ def _batch(page: ListingPage) -> pa.RecordBatch:
     )
 
 
+def _range_filter(batch: pa.RecordBatch, key_range: KeyRange) -> pa.RecordBatch:
+    after, end = key_range
+    keep = pa.array([True] * batch.num_rows)
+    if after is not None:
+        keep = pc.and_(keep, pc.greater(batch.column(0), after))
+    if end is not None:
+        keep = pc.and_(keep, pc.less_equal(batch.column(0), end))
+    return batch.filter(keep)
+
+
 def _split_bucket(store: ObjectStore) -> tuple[list[str], list[pa.RecordBatch]]:
     """One delimiter listing of the bucket's root: its top-level prefixes, to list concurrently,
     and the root-level objects themselves, already in columns."""
@@ -152,14 +164,47 @@ def _split_bucket(store: ObjectStore) -> tuple[list[str], list[pa.RecordBatch]]:
     return prefixes, root
 
 
+KeyRange = tuple[str | None, str | None]
+"""Keys after the first (S3's StartAfter; None: from the start) up to and including the second
+(None: to the end): one shard of the key space (integrity.shards)."""
+
+
+def _in_range(prefix: str, key_range: KeyRange | None) -> bool:
+    """Whether some key under prefix can fall in the range (keys under it are >= prefix)."""
+    if key_range is None:
+        return True
+    after, end = key_range
+    if end is not None and prefix > end:
+        return False
+    return after is None or after < prefix or after.startswith(prefix)
+
+
+def _clip(page: ListingPage, end: str | None) -> tuple[ListingPage, bool]:
+    """The page's keys up to `end` (inclusive), and whether the listing went past it."""
+    if end is None or not page.keys or page.keys[-1] <= end:
+        return page, False
+    cut = bisect.bisect_right(page.keys, end)
+    return ListingPage(
+        keys=page.keys[:cut],
+        sizes=page.sizes[:cut],
+        etags=page.etags[:cut],
+        last_modified=page.last_modified[:cut],
+    ), True
+
+
 def list_storage(
     store: ObjectStore,
     prefixes: list[str] | None = None,
     *,
     concurrency: int = 8,
     on_progress: ProgressCallback | None = None,
+    key_range: KeyRange | None = None,
 ) -> StorageInventory:
-    """List the given prefixes (None: the whole bucket) concurrently into one columnar frame."""
+    """List the given prefixes (None: the whole bucket) concurrently into one columnar frame.
+
+    key_range: list only the keys in (after, end], starting each listing after `after` and
+    stopping at `end`, so a shard of a large bucket lists its own range and nothing else.
+    """
     started = time.perf_counter()
     requests_before = store.requests
     errors: list[str] = []
@@ -172,13 +217,21 @@ def list_storage(
         except (ListingFailed, StorageError) as exc:
             work, errors = [], [str(exc)]
         listed_prefixes = [""]
+        if key_range is not None:
+            chunks = [_range_filter(batch, key_range) for batch in chunks]
     else:
         work = minimal_prefixes(prefixes)
         listed_prefixes = work
+    work = [prefix for prefix in work if _in_range(prefix, key_range)]
+    after, end = key_range or (None, None)
 
     def list_one(prefix: str) -> None:
+        start = after if after is not None and after >= prefix else None
         try:
-            for page in store.list_pages(prefix):
+            for page in store.list_pages(prefix, start_after=start):
+                page, past_end = _clip(page, end)
+                if past_end and not page.keys:
+                    break
                 if not page.keys:
                     continue
                 batch = _batch(page)
@@ -186,6 +239,8 @@ def list_storage(
                     chunks.append(batch)
                 if on_progress is not None:
                     on_progress("objects", len(page.keys))
+                if past_end:
+                    break
         except (ListingFailed, StorageError) as exc:
             with lock:
                 errors.append(str(exc))
