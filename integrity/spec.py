@@ -357,6 +357,22 @@ def kind_thresholds(kind: FindingKind) -> KindThresholds:
 
 
 class _FindingChecksBase(_Model):
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: object) -> object:
+        """A threshold left out of a kind's entry keeps that kind's default (orphan_object:
+        {warn_above: 20} keeps error_above 5%), not KindThresholds' generic one."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is not None and isinstance(value, dict):
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, KindThresholds):
+                    out[name] = {**default.model_dump(), **value}
+        return out
+
     def for_kind(self, kind: str | FindingKind) -> KindThresholds:
         """The thresholds of a kind; a kind this model has no field for (a registry other than
         the project's, given as an argument) is judged by its definition's defaults."""
