@@ -17,7 +17,8 @@ To add a kind, touch two places:
    `action=ACTIONS[<name>]`.
 Then print the README's table with `python -m integrity.kinds` and paste it in (a test fails
 until the README agrees). Only a kind with a new action also needs remediation to learn that
-action (integrity/remediation/apply.py).
+action (integrity/remediation/apply.py), and only one with a new age setting needs it as a
+DiffOptions field, a CLI flag and a field of the report asset's config.
 
 Pure core: no Dagster, no pandas; the CLI reads it to write `--help`.
 """
