@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from integrity.diff import FINDING_KINDS, ReconciliationReport
+from integrity.diff import ReconciliationReport
 from integrity.durations import format_duration
 from integrity.inventory import ALL_TENANTS
+from integrity.kinds import KINDS, FindingKind, KindRegistry
 from integrity.spec import InventoryChecks, KindThresholds, ReconciliationSpec
 
 Level = Literal["passed", "warn", "error"]
@@ -57,19 +58,19 @@ class CheckOutcome:
 # --------------------------------------------------------------------------- finding kinds
 
 
-def kind_denominators(report: ReconciliationReport, spec: ReconciliationSpec) -> dict[str, int]:
-    """What each finding kind is a share of: objects listed for orphans, jobs for stuck jobs,
-    plans for progress, and the rows of the referencing tables for the rest."""
+def kind_denominators(
+    report: ReconciliationReport, spec: ReconciliationSpec, registry: KindRegistry = KINDS
+) -> dict[str, int]:
+    """What each finding kind is a share of (its `judged_against`): the objects listed, the
+    processing jobs, the plans, or the rows of the referencing tables."""
     reference_tables = {table.table for table in spec.tables.values()}
-    reference_rows = sum(report.table_rows.get(name, 0) for name in reference_tables)
-    jobs = report.table_rows.get(spec.jobs.table, 0) if spec.jobs is not None else 0
-    plans = report.table_rows.get(spec.plans.table, 0) if spec.plans is not None else 0
-    totals = {kind: reference_rows for kind in FINDING_KINDS}
-    totals.update(orphan_object=report.objects_checked, stuck_job=jobs, progress_behind=plans)
-    return totals
-
-
-_DENOMINATOR_NAMES = {"orphan_object": "objects", "stuck_job": "jobs", "progress_behind": "plans"}
+    totals = {
+        "objects": report.objects_checked,
+        "jobs": report.table_rows.get(spec.jobs.table, 0) if spec.jobs is not None else 0,
+        "plans": report.table_rows.get(spec.plans.table, 0) if spec.plans is not None else 0,
+        "rows": sum(report.table_rows.get(name, 0) for name in reference_tables),
+    }
+    return {kind.name: totals[kind.judged_against] for kind in registry}
 
 
 def _clip(value: object) -> Any:
@@ -107,7 +108,7 @@ def _limit_text(value: int | str | None) -> str:
 
 
 def evaluate_kind(
-    kind: str,
+    kind: str | FindingKind,
     count: int,
     checked: int,
     thresholds: KindThresholds,
@@ -116,8 +117,9 @@ def evaluate_kind(
     complete: bool = True,
 ) -> CheckOutcome:
     """ERROR above `error_above`, else WARN above `warn_above`, else passed."""
+    kind = KINDS[kind] if isinstance(kind, str) else kind
     ratio = count / checked if checked else (1.0 if count else 0.0)
-    unit = _DENOMINATOR_NAMES.get(kind, "rows")
+    unit = kind.judged_against
     amount = f"{count:,} of {checked:,} {unit} checked ({_share_text(ratio)})"
     if thresholds.error.exceeded(count, ratio):
         level: Level = ERROR
@@ -128,11 +130,11 @@ def evaluate_kind(
     else:
         level = PASSED
         verdict = "within the thresholds"
-    description = f"{kind}: {amount}, {verdict}"
+    description = f"{kind.name}: {amount}, {verdict}"
     if not complete:
         description += " (the report is incomplete: counts may be off)"
     return CheckOutcome(
-        check=kind,
+        check=kind.check,
         level=level,
         description=description,
         metadata={
@@ -150,21 +152,27 @@ def evaluate_kind(
 
 
 def evaluate_findings(
-    report: ReconciliationReport, spec: ReconciliationSpec, kinds: Sequence[str] = FINDING_KINDS
+    report: ReconciliationReport,
+    spec: ReconciliationSpec,
+    kinds: Sequence[str] | None = None,
+    *,
+    registry: KindRegistry = KINDS,
 ) -> list[CheckOutcome]:
-    """One outcome per finding kind, thresholds from the spec's `checks.findings`."""
-    counts = report.counts()
-    totals = kind_denominators(report, spec)
+    """One outcome per finding kind of the registry (or per kind named in `kinds`, in that
+    order), thresholds from the spec's `checks.findings`."""
+    counts = report.counts(registry)
+    totals = kind_denominators(report, spec, registry)
+    selected = registry.names if kinds is None else kinds
     return [
         evaluate_kind(
             kind,
-            counts[kind],
-            totals[kind],
+            counts[kind.name],
+            totals[kind.name],
             spec.checks.findings.for_kind(kind),
-            finding_examples(report.findings, kind),
+            finding_examples(report.findings, kind.name),
             complete=report.complete,
         )
-        for kind in kinds
+        for kind in (registry[name] for name in selected)
     ]
 
 

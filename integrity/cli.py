@@ -41,6 +41,7 @@ from integrity.errors import (
 )
 from integrity.errors import shown as _shown
 from integrity.errors import without_userinfo as _without_userinfo
+from integrity.kinds import KINDS, AgeSetting, KindRegistry
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -56,15 +57,9 @@ LIST_CONCURRENCY, RECHECK_CONCURRENCY = 8, 5
 # Upper bounds of the count flags: a batch is one transaction and one statement's parameters
 # (PostgreSQL takes at most 65,535), and a listing of runs is read at once.
 MAX_BATCH_SIZE, MAX_LAST = 10_000, 100_000
-# The finding kinds remediation acts on (integrity.diff.ACTION_KINDS, spelled out here so that
-# `--help` needs no pandas import; a test keeps the two equal).
-_ACTION_KINDS = (
-    "orphan_object",
-    "stuck_job",
-    "missing_original",
-    "missing_staged",
-    "progress_behind",
-)
+# The finding kinds remediation acts on, from integrity.kinds (no pandas import for `--help`).
+_ACTION_KINDS = KINDS.action_kinds
+_MIN_AGE, _STUCK_AFTER = KINDS.age("min_age"), KINDS.age("stuck_after")
 
 
 def _text(value: str) -> str:
@@ -158,18 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_text,
         help=f"reconciliation spec, YAML or JSON (env {settings.ENV_SPEC})",
     )
-    rec.add_argument(
-        "--min-age",
-        metavar="DURATION",
-        default="1h",
-        help="uploads younger than this are never orphans (seconds or 90s, 15m, 1h, 3d; default 1h)",
-    )
-    rec.add_argument(
-        "--stuck-after",
-        metavar="DURATION",
-        default="24h",
-        help="a job processing longer than this is stuck (default 24h)",
-    )
+    for age in (_MIN_AGE, _STUCK_AFTER):
+        rec.add_argument(age.flag, metavar="DURATION", default=age.default, help=age.help_text)
     rec.add_argument(
         "--tenant",
         "--project-id",
@@ -748,7 +733,6 @@ def preview(report: ReconciliationReport, options: Any) -> Remediation:
     """A dry run's view of --apply: findings per action it would hand over, or why it would refuse.
 
     No storage re-check and no row is read: the planning step only (cheap at any size)."""
-    from integrity.diff import ACTION_KINDS, ACTIONS
     from integrity.remediation import plan_remediation
     from integrity.remediation.plan import stale_storage
 
@@ -761,7 +745,7 @@ def preview(report: ReconciliationReport, options: Any) -> Remediation:
         plan = plan_remediation(report, options)
     except RemediationRefused as exc:
         return Remediation(refused=_cli_wording(str(exc)))
-    actions = dict.fromkeys(ACTIONS[k] for k in ACTION_KINDS)
+    actions = dict.fromkeys(KINDS[k].action for k in KINDS.action_kinds)
     return Remediation(planned={a: int((plan["action"] == a).sum()) for a in actions})
 
 
@@ -935,6 +919,12 @@ def remediation_json(remediation: Remediation) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reports
 
 
+def _age_of(options: dict[str, Any], age: AgeSetting) -> timedelta:
+    """An age setting as the report's options recorded it (its default if they did not)."""
+    seconds = options.get(f"{age.option}_seconds")
+    return age.delta if seconds is None else timedelta(seconds=seconds)
+
+
 def format_summary(
     report: ReconciliationReport,
     *,
@@ -943,12 +933,11 @@ def format_summary(
     examples: int = 10,
     remediation: Remediation | None = None,
     inventory_skipped: Sequence[str] = (),
+    registry: KindRegistry = KINDS,
 ) -> str:
     """The readable summary shared by `reconcile` and `demo`."""
-    from integrity.diff import ACTIONS
-
     remediation = remediation or Remediation()
-    counts = report.counts()
+    counts = report.counts(registry)
     opts = report.options
     scope = "all tenants" if report.scope in (None, "__all__") else f"tenant {report.scope}"
     applied = remediation.result is not None
@@ -961,8 +950,11 @@ def format_summary(
         f"  database  {database}",
         f"  scope     {scope}"
         + (f", status {opts['status']}" if opts.get("status") else "")
-        + f"; min-age {format_duration(timedelta(seconds=opts.get('min_age_seconds', 3600)))}"
-        + f", stuck-after {format_duration(timedelta(seconds=opts.get('stuck_after_seconds', 86400)))}",
+        + "; "
+        + ", ".join(
+            f"{age.flag[2:]} {format_duration(_age_of(opts, age))}"
+            for age in (_MIN_AGE, _STUCK_AFTER)
+        ),
         f"  checked   {report.objects_checked:,} objects and {report.rows_checked:,} rows"
         + (
             f" in {report.timings['total_seconds']:.2f} s"
@@ -975,7 +967,7 @@ def format_summary(
     number = max(5, max(len(f"{n:,}") for n in counts.values()))
     lines.append(f"  {'finding':<{width}}  {'count':>{number}}  action")
     for kind, n in counts.items():
-        lines.append(f"  {kind:<{width}}  {n:>{number},}  {ACTIONS[kind]}")
+        lines.append(f"  {kind:<{width}}  {n:>{number},}  {registry[kind].action}")
     lines.append(f"  {'total':<{width}}  {sum(counts.values()):>{number},}")
     picked = report.examples(examples)
     if picked:
@@ -1123,7 +1115,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     work_queue = None
     if args.apply:
         work_queue = make_work_queue(queue_url)
-        if {"orphan_object", "stuck_job"} & set(options.kinds):
+        if set(KINDS.queueing_kinds) & set(options.kinds):
             work_queue.check_access()  # a wrong queue fails now, not after a long listing
     try:
         diff = DiffOptions(

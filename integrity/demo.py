@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.errors import UsageError
+from integrity.kinds import KINDS
 from integrity.storage.local import LocalStorage
 
 BUCKET = settings.DEMO_BUCKET
@@ -39,8 +40,9 @@ ORGANIZATIONS: dict[str, list[str]] = {
     "org-initech": ["prj-initech-lab", "prj-initech-annex"],
 }
 
-# What the reconciliation of a fresh demo finds with the default options (min-age 1h, 24h).
-EXPECTED_FINDINGS: dict[str, int] = {
+# What the demo plants per finding kind (see _plant); a kind it does not plant is expected 0
+# times, so a new kind needs no change here.
+_PLANTED: dict[str, int] = {
     "orphan_object": 3,
     "stuck_job": 1,
     "missing_original": 2,
@@ -50,6 +52,9 @@ EXPECTED_FINDINGS: dict[str, int] = {
     "normalization_mismatch": 1,
     "invalid_reference": 1,
 }
+# What the reconciliation of a fresh demo finds with the default options (min-age 1h, 24h),
+# every kind in the order of reports.
+EXPECTED_FINDINGS: dict[str, int] = {kind: _PLANTED.get(kind, 0) for kind in KINDS.names}
 # Per organization (the tenant of documents, jobs and plans; images belong to projects).
 EXPECTED_BY_TENANT: dict[str, dict[str, int]] = {
     "org-acme": {"orphan_object": 1, "stuck_job": 1},

@@ -2,7 +2,7 @@
 
 Everything here is vectorised joins and set membership over whole columns; there is no
 request and no query per object or row. The finding kinds and their actions are stable names
-used by reports, metadata, checks and remediation.
+used by reports, metadata, checks and remediation; each is defined in integrity.kinds.
 """
 
 from __future__ import annotations
@@ -27,21 +27,15 @@ from integrity.inventory import (
     write_parquet,
 )
 from integrity.keys import normalized_array, usable_references
+from integrity.kinds import KINDS, KindRegistry
 from integrity.spec import ReconciliationSpec, template_regex
 
-ACTIONS: dict[str, str] = {
-    "orphan_object": "requeue",
-    "stuck_job": "retry",
-    "missing_original": "mark_error",
-    "missing_staged": "mark_error",
-    "progress_behind": "fix_progress",
-    "foreign_reference": "none",
-    "normalization_mismatch": "none",
-    "invalid_reference": "none",
-}
-FINDING_KINDS: tuple[str, ...] = tuple(ACTIONS)
-ACTION_KINDS: tuple[str, ...] = tuple(k for k, a in ACTIONS.items() if a != "none")
-REPORT_ONLY_KINDS: tuple[str, ...] = tuple(k for k, a in ACTIONS.items() if a == "none")
+# The kinds are defined in integrity.kinds; these names are what the engines, remediation and
+# the Dagster layer import.
+ACTIONS: dict[str, str] = KINDS.actions
+FINDING_KINDS: tuple[str, ...] = KINDS.names
+ACTION_KINDS: tuple[str, ...] = KINDS.action_kinds
+REPORT_ONLY_KINDS: tuple[str, ...] = KINDS.report_only_kinds
 
 FINDING_COLUMNS = [
     "kind",
@@ -64,8 +58,8 @@ EXPORT_COLUMNS = ["kind", "table", "row_id", "key", "tenant", "action", "detail"
 class DiffOptions:
     """What counts as drift: the age thresholds and the optional filters."""
 
-    min_age: timedelta = timedelta(hours=1)
-    stuck_after: timedelta = timedelta(hours=24)
+    min_age: timedelta = KINDS.age("min_age").delta
+    stuck_after: timedelta = KINDS.age("stuck_after").delta
     tenant: str | None = None
     status: str | None = None
     now: datetime | None = None
@@ -105,9 +99,10 @@ class ReconciliationReport:
     storage_as_of: datetime | None = None
     """The time the storage side describes: the listing's time or the inventory's snapshot."""
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, registry: KindRegistry = KINDS) -> dict[str, int]:
+        """Findings per kind, every kind of the registry in its order (0 for a kind not found)."""
         present = self.findings["kind"].value_counts()
-        return {kind: int(present.get(kind, 0)) for kind in FINDING_KINDS}
+        return {kind: int(present.get(kind, 0)) for kind in registry.names}
 
     def examples(self, limit: int = 20) -> list[dict[str, Any]]:
         """A few findings of each kind in turn, so one noisy kind does not hide the others."""

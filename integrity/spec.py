@@ -14,18 +14,27 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from integrity.durations import parse_duration
 from integrity.errors import SpecError, UsageError
+from integrity.kinds import KINDS, FindingKind, KindRegistry
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
-MISSING_KINDS = ("missing_original", "missing_staged")
-DEFAULT_MESSAGES = {
-    "missing_original": "original missing in storage",
-    "missing_staged": "staged missing in storage",
-}
+# The kinds a reference column may name as what its missing object means, and the error text a
+# row is marked with unless the reference gives its own (integrity.kinds defines both).
+MISSING_KINDS: tuple[str, ...] = KINDS.reference_kinds
+DEFAULT_MESSAGES: dict[str, str] = {name: str(KINDS[name].error_message) for name in MISSING_KINDS}
+MissingKind = Literal[MISSING_KINDS]  # type: ignore[valid-type]
 
 
 def _identifier(value: str) -> str:
@@ -103,7 +112,7 @@ class ReferenceSpec(_Model):
     """A column whose value names an object (a bare key or a URL)."""
 
     column: str
-    kind: Literal["missing_original", "missing_staged"] = "missing_original"
+    kind: MissingKind = KINDS.for_reference("original").name
     message: str | None = None
     when_status: list[str] | None = Field(
         default=None, description="Only rows in one of these statuses must have the object."
@@ -342,26 +351,57 @@ class KindThresholds(_Model):
         return self._limit(self.error_above)
 
 
-def _kind(warn: int | str | None, error: int | str | None) -> KindThresholds:
-    return KindThresholds(warn_above=warn, error_above=error)
+def kind_thresholds(kind: FindingKind) -> KindThresholds:
+    """A kind's default thresholds, as its definition gives them."""
+    return KindThresholds(warn_above=kind.warn_above, error_above=kind.error_above)
 
 
-class FindingChecks(_Model):
-    """Thresholds per finding kind, one asset check each (a field per kind, so a typo is an error)."""
+class _FindingChecksBase(_Model):
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: object) -> object:
+        """A threshold left out of a kind's entry keeps that kind's default (orphan_object:
+        {warn_above: 20} keeps error_above 5%), not KindThresholds' generic one."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is not None and isinstance(value, dict):
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, KindThresholds):
+                    out[name] = {**default.model_dump(), **value}
+        return out
 
-    orphan_object: KindThresholds = _kind(0, "5%")
-    stuck_job: KindThresholds = _kind(0, "5%")
-    missing_original: KindThresholds = _kind(0, "1%")
-    missing_staged: KindThresholds = _kind(0, "1%")
-    progress_behind: KindThresholds = _kind(0, "5%")
-    foreign_reference: KindThresholds = _kind(0, None)
-    normalization_mismatch: KindThresholds = _kind(0, None)
-    # Reported only, but a row whose reference names no object hides what missing_original
-    # would find, so a share of them is as red as missing originals.
-    invalid_reference: KindThresholds = _kind(0, "1%")
-
-    def for_kind(self, kind: str) -> KindThresholds:
+    def for_kind(self, kind: str | FindingKind) -> KindThresholds:
+        """The thresholds of a kind; a kind this model has no field for (a registry other than
+        the project's, given as an argument) is judged by its definition's defaults."""
+        if isinstance(kind, FindingKind):
+            value = getattr(self, kind.name, None)
+            return value if isinstance(value, KindThresholds) else kind_thresholds(kind)
         return getattr(self, kind)
+
+
+def finding_checks_model(registry: KindRegistry = KINDS) -> type[_FindingChecksBase]:
+    """The `checks.findings` model of a registry: a field per kind, so a typo is an error."""
+    fields: dict[str, object] = {
+        kind.name: (
+            KindThresholds,
+            Field(default=kind_thresholds(kind), description=kind.description),
+        )
+        for kind in registry
+    }
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "FindingChecks",
+        __base__=_FindingChecksBase,
+        __module__=__name__,
+        __doc__="Thresholds per finding kind, one asset check each (a field per kind, so a "
+        "typo is an error); the defaults are the kinds' (integrity.kinds).",
+        **fields,
+    )
+
+
+FindingChecks = finding_checks_model()
 
 
 class InventoryChecks(_Model):
@@ -463,9 +503,7 @@ class ChecksSpec(_Model):
     freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
 
 
-ActionKind = Literal[
-    "orphan_object", "stuck_job", "missing_original", "missing_staged", "progress_behind"
-]
+ActionKind = Literal[KINDS.action_kinds]  # type: ignore[valid-type]
 
 
 class PolicySpec(_Model):

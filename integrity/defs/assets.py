@@ -22,6 +22,7 @@ from integrity.defs.resources import DatabaseResource, SpecResource, StorageReso
 from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, diff_inventories
 from integrity.errors import IntegrityError
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
+from integrity.kinds import KINDS
 from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
 from integrity.spec import check_tenant
 
@@ -35,12 +36,12 @@ class ReportConfig(dg.Config):
     """What counts as drift for one run (the CLI's --min-age, --stuck-after and --status)."""
 
     min_age: int = Field(
-        default=3600,
+        default=int(KINDS.age("min_age").delta.total_seconds()),
         ge=0,
         description="Seconds: an upload or job younger than this may still be in flight, so it is never an orphan.",
     )
     stuck_after: int = Field(
-        default=86400,
+        default=int(KINDS.age("stuck_after").delta.total_seconds()),
         ge=0,
         description="Seconds: a job processing for longer than this is stuck.",
     )

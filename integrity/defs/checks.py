@@ -44,8 +44,8 @@ from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.partitions import TENANTS, tenant_partitions
 from integrity.defs.remediation import load_report
 from integrity.defs.resources import SpecResource
-from integrity.diff import FINDING_KINDS
 from integrity.errors import IntegrityError
+from integrity.kinds import KINDS, KindRegistry
 
 REPORT_KEY = reconciliation_report.key
 FRESHNESS_JOB = "reconciliation_freshness"
@@ -53,16 +53,7 @@ FRESHNESS_SENSOR = "reconciliation_freshness_sensor"
 FRESHNESS_INTERVAL_SECONDS = 900
 """How often the freshness sensor looks; it launches a check run only when the state changes."""
 
-FINDING_CHECK_DESCRIPTIONS = {
-    "orphan_object": "Uploads nobody recorded: a share of the objects listed.",
-    "stuck_job": "Jobs processing for too long: a share of the processing jobs.",
-    "missing_original": "Rows whose original is not in storage: a share of the referencing rows.",
-    "missing_staged": "Rows whose staged copy is not in storage: a share of the referencing rows.",
-    "progress_behind": "Plans whose progress lags the tiles in storage: a share of the plans.",
-    "foreign_reference": "Rows pointing into another bucket (reported only).",
-    "normalization_mismatch": "References found only after normalising their spelling (reported only).",
-    "invalid_reference": "Rows whose reference names no object (a malformed URL or key; reported only).",
-}
+FINDING_CHECK_DESCRIPTIONS = {kind.check: kind.description for kind in KINDS}
 
 
 def to_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
@@ -96,17 +87,23 @@ def to_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheckRes
 
 # --------------------------------------------------------------------------- finding kinds
 
+
 # Preview feature: partitions_def on AssetCheckSpec (PreviewWarning in Dagster 1.13), so each
 # tenant partition's report gets its own results.
-FINDING_CHECK_SPECS = [
-    dg.AssetCheckSpec(
-        kind,
-        asset=REPORT_KEY,
-        description=FINDING_CHECK_DESCRIPTIONS[kind],
-        partitions_def=tenant_partitions,
-    )
-    for kind in FINDING_KINDS
-]
+def finding_check_specs(registry: KindRegistry = KINDS) -> list[dg.AssetCheckSpec]:
+    """One check per finding kind on the report, named and described by the kind."""
+    return [
+        dg.AssetCheckSpec(
+            kind.check,
+            asset=REPORT_KEY,
+            description=kind.description,
+            partitions_def=tenant_partitions,
+        )
+        for kind in registry
+    ]
+
+
+FINDING_CHECK_SPECS = finding_check_specs()
 
 
 @dg.multi_asset_check(specs=FINDING_CHECK_SPECS, can_subset=True)
@@ -123,7 +120,7 @@ def reconciliation_findings_checks(
     with fail_clearly():
         reconciliation_spec = spec.load()
         report = load_report(snapshot_io_manager, context.partition_key)
-    kinds = [kind for kind in FINDING_KINDS if kind in selected]
+    kinds = [kind.name for kind in KINDS if kind.check in selected]
     for outcome in evaluate_findings(report, reconciliation_spec, kinds):
         yield to_result(outcome, REPORT_KEY)
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from integrity import identity
 from integrity.database import split_table_name, table_clause
 from integrity.keys import like_escape, parse_reference
+from integrity.kinds import KINDS
 from integrity.spec import JobsSpec, PlansSpec, ReconciliationSpec, TableSpec
 
 COMPLETE = "complete"
@@ -367,11 +368,16 @@ class DerivativeTable:
     ready_status: str
 
 
+# The kinds a reference column names when it holds the original, or the staged copy.
+_ORIGINAL = KINDS.for_reference("original").name
+_STAGED = KINDS.for_reference("staged").name
+
+
 def derivative_tables(spec: ReconciliationSpec) -> list[DerivativeTable]:
     out = []
     for name, table in spec.tables.items():
-        originals = [r for r in table.references if r.kind == "missing_original"]
-        staged = [r for r in table.references if r.kind == "missing_staged"]
+        originals = [r for r in table.references if r.kind == _ORIGINAL]
+        staged = [r for r in table.references if r.kind == _STAGED]
         if originals and staged:
             ready = staged[0].when_status[0] if staged[0].when_status else IMAGE_READY_DEFAULT
             out.append(DerivativeTable(name, table, originals[0].column, staged[0].column, ready))
