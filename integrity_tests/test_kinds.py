@@ -230,8 +230,16 @@ def test_the_documented_threshold_defaults_are_the_registry() -> None:
     }
 
 
+def _doc_with(pattern: str) -> str:
+    """The one page of the README and docs/ whose text matches `pattern`."""
+    [text] = [
+        t for p in _docs() if re.search(pattern, t := p.read_text(encoding="utf-8"), re.MULTILINE)
+    ]
+    return text
+
+
 def test_the_remediation_table_gives_each_kind_its_action() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = _doc_with(re.escape("| kind | action | what changes |"))
     table = _block_after(text, "| kind | action | what changes |").splitlines()[2:]
     documented = {}
     for row in table:
@@ -242,7 +250,7 @@ def test_the_remediation_table_gives_each_kind_its_action() -> None:
 
 
 def test_the_documented_remediate_config_lists_the_acting_kinds() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = _doc_with(r"^      kinds: \[")
     listed = re.search(r"^      kinds: \[([a-z_, ]+)\]$", text, re.MULTILINE)
     assert listed is not None
     assert sorted(listed.group(1).split(", ")) == sorted(ACTION_KINDS)
