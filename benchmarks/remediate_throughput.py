@@ -389,8 +389,10 @@ class TimedStore:
     def check_access(self) -> None:
         self._inner.check_access()
 
-    def list_pages(self, prefix: str = "", delimiter: str | None = None):
-        return self._inner.list_pages(prefix, delimiter)
+    def list_pages(
+        self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
+    ):
+        return self._inner.list_pages(prefix, delimiter, start_after=start_after)
 
     def head(self, key: str):
         started = time.perf_counter()

@@ -631,7 +631,7 @@ def test_demo_previews_remediation_and_logs_one_line(
     )
     record = log_line(err)
     assert record["msg"] == COMPLETED_MSG and record["dry_run"] is True
-    assert "INTEGRITY_ALLOW_WRITES=1 integrity reconcile --apply" in err
+    assert re.search(r"INTEGRITY_ALLOW_WRITES=1 \S*integrity reconcile --apply", err), err
 
 
 # --------------------------------------------------------------------------- SQLite and PostgreSQL

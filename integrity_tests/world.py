@@ -132,7 +132,9 @@ class FailingListings(LocalStorage):
 
     failing_prefix = "organizations/"
 
-    def list_pages(self, prefix: str = "", delimiter: str | None = None):
+    def list_pages(
+        self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
+    ):
         if prefix.startswith(self.failing_prefix):
             raise ListingFailed(f"listing {prefix} failed after 5 attempts: SlowDown (HTTP 503)")
-        yield from super().list_pages(prefix, delimiter)
+        yield from super().list_pages(prefix, delimiter, start_after=start_after)
