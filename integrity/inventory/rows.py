@@ -39,6 +39,7 @@ from integrity.spec import ReconciliationSpec
 
 ReadMethod = Literal["auto", "select", "adbc"]
 META_FILE = "inventory.json"
+ROW_GROUP_ROWS = 131_072
 
 
 class _Scratch:
@@ -424,19 +425,30 @@ def _write_table(
 ) -> int:
     """Stream batches into `path` through a partial file that only a finished read renames.
 
-    Any failure removes the partial file, so the table's file never holds part of a read.
+    Batches are gathered into row groups of about ROW_GROUP_ROWS rows (a reader of the file
+    scans a few large groups, not one per driver batch). Any failure removes the partial file,
+    so the table's file never holds part of a read.
     """
     partial = path.with_name(path.name + ".partial")
+    schema = read.output_schema
     try:
-        with contextlib.closing(batches), pq.ParquetWriter(partial, read.output_schema) as writer:
+        with contextlib.closing(batches), pq.ParquetWriter(partial, schema) as writer:
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
             for batch in batches:
                 batch = read.finish(batch)
                 if not batch.num_rows:
                     continue
-                writer.write_batch(batch)
+                pending.append(batch)
+                pending_rows += batch.num_rows
                 counted[0] += batch.num_rows
                 if on_progress is not None:
                     on_progress("rows", batch.num_rows)
+                if pending_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema))
+                    pending, pending_rows = [], 0
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, schema))
         partial.replace(path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -575,8 +587,14 @@ def _has_adbc() -> bool:
 
 
 def _read_failures() -> tuple[type[BaseException], ...]:
-    """What a failed read raises: the database's errors, and a value Arrow cannot convert."""
-    failures: list[type[BaseException]] = [sa.exc.DBAPIError, pa.ArrowException, ValueError]
+    """What a failed read raises: the database's errors (ADBC's reader raises the server's as
+    OSError), a value Arrow cannot convert, a file that cannot be written."""
+    failures: list[type[BaseException]] = [
+        sa.exc.DBAPIError,
+        pa.ArrowException,
+        ValueError,
+        OSError,
+    ]
     with contextlib.suppress(ImportError):
         import adbc_driver_manager
 
