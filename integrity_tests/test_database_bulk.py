@@ -227,8 +227,8 @@ def test_the_tenant_filter_escapes_its_wildcards_and_quotes(pg) -> None:
 
 
 def _big_table(engine: sa.Engine, fail: str) -> None:
-    """200,000 rows of 200 bytes, so that the read is several batches long before row 150,000
-    meets `fail` (an SQL expression of `i` that raises there)."""
+    """30,000 rows of 1 kB, so that the read is several batches long (ADBC's are about 16 MB,
+    the SELECT's 10,000 rows) before row 25,000 meets `fail`, an SQL expression of `i`."""
     with engine.begin() as conn:
         conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
@@ -236,7 +236,7 @@ def _big_table(engine: sa.Engine, fail: str) -> None:
         conn.exec_driver_sql(
             f"""CREATE FUNCTION {SCHEMA}.lose_connection_once(i bigint) RETURNS text AS $$
             BEGIN
-              IF i = 150000 AND nextval('{SCHEMA}.kills') = 1 THEN
+              IF i = 25000 AND nextval('{SCHEMA}.kills') = 1 THEN
                 PERFORM pg_terminate_backend(pg_backend_pid());
               END IF;
               RETURN 'live';
@@ -245,7 +245,7 @@ def _big_table(engine: sa.Engine, fail: str) -> None:
         conn.exec_driver_sql(
             f"CREATE TABLE {SCHEMA}.stored AS SELECT i, 'img-' || i AS id, 't' || (i %% 7) AS team,"
             " timestamptz '2026-01-01' + i * interval '1 second' AS updated_at,"
-            f" repeat('k', 180) || i AS blob_url FROM generate_series(1, 200000) AS i"
+            f" repeat('k', 1000) || i AS blob_url FROM generate_series(1, 30000) AS i"
         )
         conn.exec_driver_sql(
             f"CREATE VIEW {SCHEMA}.big AS SELECT id, team, {fail} AS status, updated_at, blob_url"
@@ -274,7 +274,7 @@ def _big_spec():
 def test_a_read_failing_midway_is_incomplete_and_leaves_no_partial_rows(
     postgres_engine, tmp_path, method
 ) -> None:
-    _big_table(postgres_engine, "CASE WHEN i = 150000 THEN (1 / (i - i))::text ELSE 'live' END")
+    _big_table(postgres_engine, "CASE WHEN i = 25000 THEN (1 / (i - i))::text ELSE 'live' END")
     progress: list[int] = []
     db = read_database(
         postgres_engine,
@@ -308,9 +308,9 @@ def test_a_lost_connection_is_retried_from_the_start(postgres_engine, tmp_path, 
     assert db.complete, db.errors
     with postgres_engine.connect() as conn:
         assert conn.exec_driver_sql(f"SELECT last_value FROM {SCHEMA}.kills").scalar() >= 2
-    assert sum(progress) == 200_000 and sum(n for n in progress if n > 0) > 200_000
+    assert sum(progress) == 30_000 and sum(n for n in progress if n > 0) > 30_000
     frame = db.tables["big"]
-    assert len(frame) == 200_000 and frame["row_id"].is_unique
+    assert len(frame) == 30_000 and frame["row_id"].is_unique
     assert set(frame["status"]) == {"live"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet"]
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -379,7 +379,7 @@ def read_database(
     """
     started = time.perf_counter()
     scratch = _Scratch() if directory is None else None
-    out = scratch.path if scratch is not None else Path(directory)  # type: ignore[arg-type]
+    out = Path(directory) if directory is not None else scratch.path  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
     batches = _batch_reader(engine, method)
     paths: dict[str, Path] = {}
@@ -460,7 +460,11 @@ def _no_batches() -> Iterator[pa.RecordBatch]:
     yield from ()
 
 
-def _batch_reader(engine: sa.Engine, method: ReadMethod):  # noqa: ANN202
+BatchReader = Callable[[_Read, int], Iterator[pa.RecordBatch]]
+
+
+def _batch_reader(engine: sa.Engine, method: ReadMethod) -> BatchReader:
+    """The batches of a read: ADBC on PostgreSQL (unless told otherwise), a SELECT elsewhere."""
     if method not in ("auto", "select", "adbc"):
         raise ValueError(f"read method {method!r}: expected auto, select or adbc")
     if method == "select" or (method == "auto" and engine.dialect.name != "postgresql"):
