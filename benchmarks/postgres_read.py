@@ -15,7 +15,7 @@ Parquet file, so each does the same work end to end:
 
 | method | what it does |
 |---|---|
-| `select` | `read_database(..., method="select")`: one streamed SELECT, rows converted to Arrow per batch |
+| `select` | `read_database(..., method="select")`: one streamed SELECT, rows converted to Arrow per batch (at a commit before the bulk path: the same SELECT collected into one in-memory frame) |
 | `copy-csv` | psycopg 3 `COPY (SELECT ...) TO STDOUT (FORMAT csv)`, parsed by pyarrow's streaming CSV reader |
 | `copy-binary` | psycopg 3 `COPY ... (FORMAT binary)`, rows decoded by psycopg's `read_row()`, one Arrow batch per 50k rows |
 | `adbc` | `adbc-driver-postgresql`, `cursor.fetch_record_batch()` (COPY binary decoded in C++) |
@@ -206,18 +206,17 @@ def _adbc(url: str, out: Path) -> int:
     return rows
 
 
-def _read_database(url: str, out: Path, method: str | None) -> int:
+def _read_database(url: str, out: Path, method: str) -> int:
+    import inspect
+
     import sqlalchemy as sa
 
     from integrity.inventory import read_database
 
     engine = sa.create_engine(url)
-    kwargs: dict[str, Any] = {"directory": out.parent} if method is not None else {}
-    if method is not None:
-        kwargs["method"] = method
-    try:
-        db = read_database(engine, _spec(), **kwargs)
-    except TypeError:  # the code before the bulk path: no method, no directory
+    if "method" in inspect.signature(read_database).parameters:
+        db = read_database(engine, _spec(), directory=out.parent, method=method)
+    else:  # the code before the bulk path: one SELECT into one in-memory frame per table
         db = read_database(engine, _spec())
     if not db.complete:
         raise SystemExit(f"incomplete read: {db.errors}")
