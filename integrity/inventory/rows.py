@@ -18,6 +18,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -426,13 +427,19 @@ def _write_table(
     """Stream batches into `path` through a partial file that only a finished read renames.
 
     Batches are gathered into row groups of about ROW_GROUP_ROWS rows (a reader of the file
-    scans a few large groups, not one per driver batch). Any failure removes the partial file,
-    so the table's file never holds part of a read.
+    scans a few large groups, not one per driver batch), each written in a second thread while
+    the next is read (Arrow releases the GIL for both), one group in flight at most. Any failure
+    removes the partial file, so the table's file never holds part of a read.
     """
     partial = path.with_name(path.name + ".partial")
     schema = read.output_schema
     try:
-        with contextlib.closing(batches), pq.ParquetWriter(partial, schema) as writer:
+        with (
+            contextlib.closing(batches),
+            pq.ParquetWriter(partial, schema) as writer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as pool,
+        ):
+            writing: Future[None] | None = None
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
             for batch in batches:
@@ -445,8 +452,14 @@ def _write_table(
                 if on_progress is not None:
                     on_progress("rows", batch.num_rows)
                 if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(pending, schema))
+                    if writing is not None:
+                        writing.result()
+                    writing = pool.submit(
+                        writer.write_table, pa.Table.from_batches(pending, schema)
+                    )
                     pending, pending_rows = [], 0
+            if writing is not None:
+                writing.result()
             if pending:
                 writer.write_table(pa.Table.from_batches(pending, schema))
         partial.replace(path)
