@@ -20,6 +20,7 @@ what must be Python, a chunk at a time:
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -28,9 +29,8 @@ import string
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +52,7 @@ from integrity.diff import (
     _RowEmitter,
     _typed_findings,
 )
-from integrity.errors import UsageError
+from integrity.errors import IntegrityError, UsageError
 from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
 from integrity.keys import BACKENDS, S3_MAX_KEY_BYTES, normalized_array, usable_references
 from integrity.spec import ReconciliationSpec, template_regex
@@ -105,9 +105,7 @@ def parse_memory_limit(text: str, *, where: str = settings.ENV_MEMORY_LIMIT) -> 
         return int(machine_memory() * share / 100)
     match = _SIZE.match(value)
     if not match:
-        raise UsageError(
-            f"{where}: {value!r} is not a memory size (write e.g. 2GB, 512MiB or 50%)"
-        )
+        raise UsageError(f"{where}: {value!r} is not a memory size (write e.g. 2GB, 512MiB or 50%)")
     size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
     if size < 64 * 1024**2:
         raise UsageError(f"{where}: {value!r} is below the engine's minimum of 64MB")
@@ -126,9 +124,7 @@ class EngineLimits:
     @classmethod
     def from_env(cls) -> EngineLimits:
         raw = os.environ.get(settings.ENV_MEMORY_LIMIT, "").strip()
-        limit = (
-            parse_memory_limit(raw) if raw else int(machine_memory() * DEFAULT_MEMORY_SHARE)
-        )
+        limit = parse_memory_limit(raw) if raw else int(machine_memory() * DEFAULT_MEMORY_SHARE)
         spill = os.environ.get(settings.ENV_SPILL_DIR, "").strip()
         return cls(memory_limit=limit, spill_root=Path(spill).expanduser() if spill else None)
 
@@ -148,10 +144,8 @@ class _SpillMonitor:
         try:
             with os.scandir(self.directory) as entries:
                 for entry in entries:
-                    try:
+                    with suppress(OSError):
                         total += entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        pass
         except OSError:
             return 0
         return total
@@ -215,8 +209,12 @@ def connect(limits: EngineLimits | None = None) -> Iterator[EngineSession]:
 # --------------------------------------------------------------------------- SQL pieces
 
 
-def _lit(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """A string as an SQL literal."""
     return "'" + value.replace("'", "''") + "'"
+
+
+_lit = sql_literal
 
 
 def _ident(name: str) -> str:
@@ -248,10 +246,14 @@ def _re2_template(template: str, tail: str = "") -> tuple[str, list[str]]:
     return pattern + tail, names
 
 
+WHITESPACE_BELOW = 0x3001
+"""Every character str.isspace() holds true for is below this (checked by the tests)."""
+
+
 @functools.cache
 def _python_whitespace() -> str:
     """An RE2 class of the characters str.strip() removes (Unicode white space)."""
-    chars = [c for c in range(0x110000) if chr(c).isspace()]
+    chars = [c for c in range(WHITESPACE_BELOW) if chr(c).isspace()]
     return "[" + "".join(f"\\x{{{c:x}}}" for c in chars) + "]"
 
 
@@ -322,6 +324,17 @@ class _ParquetDiff:
             f"FROM read_parquet({_lit(str(storage.path))}, file_row_number = true)"
         )
         self._normal: dict[str, str | None] = {}
+        self.processed_ref: tuple[int, int] | None = None
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"engine_{name}_seconds"
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
 
     # -- helpers
 
@@ -333,7 +346,9 @@ class _ParquetDiff:
 
     def _frame(self, sql: str, types: dict[str, pa.DataType]) -> pd.DataFrame:
         table = self._arrow(sql)
-        return table.cast(pa.schema([(n, types.get(n, table.schema.field(n).type)) for n in table.column_names])).to_pandas()
+        return table.cast(
+            pa.schema([(n, types.get(n, table.schema.field(n).type)) for n in table.column_names])
+        ).to_pandas()
 
     def _register(self, name: str, values: list[str]) -> None:
         self.conn.register(name, pa.table({"s": pa.array(values, pa.string())}))
@@ -361,14 +376,19 @@ class _ParquetDiff:
                 parts.append(_Part(index, ref_index, name, t.table, ref.column, where, judged))
         return parts
 
-    def processed_part(self) -> _Part | None:
+    def processed_part(self, parts: list[_Part]) -> _Part | None:
+        """The processed column's rows for the upload check, all statuses: those a reference
+        part already looks up are left to it (`processed_ref`), so no row is looked up twice."""
         uploads = self.spec.uploads
         if uploads is None or not self._has_rows(uploads.processed_table):
             return None
         column = uploads.processed_column
-        return _Part(
-            -1, -1, uploads.processed_table, "", column, f"{_ident(column)} IS NOT NULL", "true"
-        )
+        where = f"{_ident(column)} IS NOT NULL"
+        same = [p for p in parts if p.name == uploads.processed_table and p.column == column]
+        if same:
+            self.processed_ref = (same[0].index, same[0].ref_index)
+            where += f" AND NOT ({same[0].where})"
+        return _Part(-1, -1, uploads.processed_table, "", column, where, "true")
 
     def parse_residual(self, parts: list[_Part]) -> None:
         """Every distinct reference that is not a plain key, parsed by Python a chunk at a time
@@ -447,7 +467,9 @@ class _ParquetDiff:
         if not values:
             return set()
         self._register("wanted_keys", values)
-        found = self._arrow("SELECT DISTINCT o.key FROM objects o SEMI JOIN wanted_keys w ON o.key = w.s")
+        found = self._arrow(
+            "SELECT DISTINCT o.key FROM objects o SEMI JOIN wanted_keys w ON o.key = w.s"
+        )
         self.conn.unregister("wanted_keys")
         return set(found.column(0).to_pylist())
 
@@ -492,7 +514,9 @@ class _ParquetDiff:
         self._udf = True
 
     def normal_match(self, values: pd.Series) -> pd.Series:
-        out = np.array([self._normal.get(v) if isinstance(v, str) else None for v in values], dtype=object)
+        out = np.array(
+            [self._normal.get(v) if isinstance(v, str) else None for v in values], dtype=object
+        )
         return pd.Series(out, index=values.index, dtype="object")
 
     # -- uploads
@@ -507,16 +531,16 @@ class _ParquetDiff:
         if self.options.tenant is not None and self.options.tenant != ALL_TENANTS:
             where += f" AND prefix(key, {_lit(uploads.prefix.format(tenant=self.options.tenant))})"
         processed = ""
-        part = self.processed_part()
-        if part is not None:
-            column = _ident(part.column)
+        if self._has_rows(uploads.processed_table):
+            column = _ident(uploads.processed_column)
             processed = f"""
                 AND NOT EXISTS (
                     WITH parsed AS (
                         SELECT CASE WHEN p.value IS NULL THEN d.v ELSE p.key END AS k,
                             p.alternative AS a
-                        FROM (SELECT {column}::VARCHAR AS v FROM {self._table(part.name)}
-                              WHERE {part.where}) d
+                        FROM (SELECT {column}::VARCHAR AS v
+                              FROM {self._table(uploads.processed_table)}
+                              WHERE {column} IS NOT NULL) d
                         LEFT JOIN residual p ON p.value = d.v
                         WHERE p.bucket IS NULL OR p.bucket = {_lit(self.bucket)}
                     ),
@@ -647,6 +671,57 @@ def diff_parquet(
 ) -> ReconciliationReport:
     """Compare the two inventories' files and return every finding, like `diff_inventories`,
     in memory bounded by the engine's limit."""
+    limits = limits or EngineLimits.from_env()
+    return _diff(
+        storage,
+        lambda work_dir: _database_files(db, work_dir),
+        spec,
+        options,
+        limits,
+        db_complete=db.complete,
+        db_errors=db.errors,
+        db_seconds=db.seconds,
+    )
+
+
+def diff_snapshots(
+    storage: StorageInventory | str | Path,
+    database_dir: str | Path,
+    spec: ReconciliationSpec,
+    options: DiffOptions | None = None,
+    *,
+    limits: EngineLimits | None = None,
+) -> ReconciliationReport:
+    """The diff of a storage snapshot file and a database snapshot directory (as
+    `DatabaseInventory.save` writes it), neither of them loaded into memory."""
+    if not isinstance(storage, StorageInventory):
+        storage = StorageInventory.load(storage)
+    directory = Path(database_dir)
+    meta = json.loads((directory / "inventory.json").read_text())
+    files = {name: directory / f"{name}.parquet" for name in meta["tables"]}
+    return _diff(
+        storage,
+        lambda _: files,
+        spec,
+        options,
+        limits or EngineLimits.from_env(),
+        db_complete=meta.get("complete", True),
+        db_errors=meta.get("errors", []),
+        db_seconds=meta.get("seconds", 0.0),
+    )
+
+
+def _diff(
+    storage: StorageInventory,
+    database_files: Callable[[Path], dict[str, Path]],
+    spec: ReconciliationSpec,
+    options: DiffOptions | None,
+    limits: EngineLimits,
+    *,
+    db_complete: bool,
+    db_errors: list[str],
+    db_seconds: float,
+) -> ReconciliationReport:
     options = options or DiffOptions()
     now = pd.Timestamp(options.now or datetime.now(timezone.utc))
     if now.tzinfo is None:
@@ -654,22 +729,22 @@ def diff_parquet(
     as_of = options.storage_as_of or storage.snapshot_at
     as_of = pd.Timestamp(as_of).tz_convert("UTC") if as_of is not None else None
     started = time.perf_counter()
-    with connect(limits) as session:
-        files = _database_files(db, session.work_dir)
-        row_counts = {name: pq.read_metadata(path).num_rows for name, path in files.items()}
-        diff = _ParquetDiff(session, storage, files, spec, options, now)
-        parts = diff.parts(as_of)
-        processed = diff.processed_part()
-        diff.parse_residual(parts + ([processed] if processed else []))
-        unfound = diff.unfound_references(parts + ([processed] if processed else []))
-        findings = _assemble(diff, unfound, spec, options)
-        memory_limit = session.limits.memory_limit
-    spill_peak = session.spill_peak_bytes
+    try:
+        with connect(limits) as session:
+            files = database_files(session.work_dir)
+            findings, row_counts, phases = _run_diff(
+                session, storage, files, spec, options, now, as_of
+            )
+    except duckdb.OutOfMemoryException:
+        raise IntegrityError(
+            f"the diff needs more memory than its limit of {limits.memory_limit / 1e6:,.0f} MB "
+            f"even when spilling to disk: raise {settings.ENV_MEMORY_LIMIT}"
+        ) from None
 
-    reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]
+    reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db_errors]
     return ReconciliationReport(
         findings=findings,
-        complete=storage.complete and db.complete,
+        complete=storage.complete and db_complete,
         reasons=reasons,
         bucket=storage.bucket,
         scope=options.tenant or ALL_TENANTS,
@@ -679,15 +754,38 @@ def diff_parquet(
         options=options.to_dict(),
         timings={
             "list_seconds": storage.seconds,
-            "read_seconds": db.seconds,
+            "read_seconds": db_seconds,
             "engine_seconds": time.perf_counter() - started,
-            "memory_limit_bytes": float(memory_limit),
-            "spill_peak_bytes": float(spill_peak),
+            "memory_limit_bytes": float(limits.memory_limit),
+            "spill_peak_bytes": float(session.spill_peak_bytes),
+            **phases,
         },
         table_rows=_table_rows(row_counts, spec),
         storage_source=storage.source,
         storage_as_of=storage.as_of,
     )
+
+
+def _run_diff(
+    session: EngineSession,
+    storage: StorageInventory,
+    files: dict[str, Path],
+    spec: ReconciliationSpec,
+    options: DiffOptions,
+    now: pd.Timestamp,
+    as_of: pd.Timestamp | None,
+) -> tuple[pd.DataFrame, dict[str, int], dict[str, float]]:
+    row_counts = {name: pq.read_metadata(path).num_rows for name, path in files.items()}
+    diff = _ParquetDiff(session, storage, files, spec, options, now)
+    parts = diff.parts(as_of)
+    processed = diff.processed_part(parts)
+    looked_up = parts + ([processed] if processed else [])
+    with diff.phase("parse"):
+        diff.parse_residual(looked_up)
+    with diff.phase("references"):
+        unfound = diff.unfound_references(looked_up)
+    findings = _assemble(diff, unfound, spec, options)
+    return findings, row_counts, diff.timings
 
 
 def _assemble(
@@ -702,7 +800,8 @@ def _assemble(
     for column in ("key", "alternative", "bucket", "problem"):
         unfound[column] = unfound[column].astype("object").where(unfound[column].notna(), None)
     # Not found as spelled: found after all if the other spelling is listed.
-    alternative_listed = diff.listed(unfound["alternative"])
+    with diff.phase("alternatives"):
+        alternative_listed = diff.listed(unfound["alternative"])
     found = unfound["alternative"].isin(alternative_listed)
     foreign = unfound["bucket"].notna() & (unfound["bucket"] != bucket)
     resolved = unfound["key"].notna()
@@ -710,29 +809,37 @@ def _assemble(
     candidates = references & ~foreign & ~found & resolved & unfound["judged"].astype(bool)
 
     # Processed rows' spellings of ours that are not listed: their near matches are processed.
-    ours = ~references & (unfound["bucket"].isna() | (unfound["bucket"] == bucket))
+    processed_rows = ~references
+    if diff.processed_ref is not None:
+        processed_rows |= (unfound["part"] == diff.processed_ref[0]) & (
+            unfound["ref"] == diff.processed_ref[1]
+        )
+    ours = processed_rows & (unfound["bucket"].isna() | (unfound["bucket"] == bucket))
     processed_unlisted = pd.concat(
         [
             unfound.loc[ours, "key"],
             unfound.loc[ours & ~found, "alternative"],
         ]
     ).dropna()
-    diff.learn_normal_matches(
-        pd.concat(
-            [
-                unfound.loc[candidates, "key"],
-                unfound.loc[candidates, "alternative"],
-                processed_unlisted,
-            ]
+    with diff.phase("normal"):
+        diff.learn_normal_matches(
+            pd.concat(
+                [
+                    unfound.loc[candidates, "key"],
+                    unfound.loc[candidates, "alternative"],
+                    processed_unlisted,
+                ]
+            )
         )
-    )
 
     out: list[pd.DataFrame] = []
     if spec.uploads is not None:
         near_processed = set(diff.normal_match(processed_unlisted).dropna())
-        out += _upload_findings(diff.unprocessed_uploads(near_processed), spec)
+        with diff.phase("uploads"):
+            merged = diff.unprocessed_uploads(near_processed)
+        out += _upload_findings(merged, spec)
 
-    for index, (name, t) in enumerate(spec.tables.items()):
+    for index, (_name, t) in enumerate(spec.tables.items()):
         for ref_index, ref in enumerate(t.references):
             mask = (unfound["part"] == index) & (unfound["ref"] == ref_index)
             if not mask.any():
@@ -750,7 +857,9 @@ def _assemble(
             emit(
                 "foreign_reference",
                 foreign.loc[mask],
-                "references bucket " + sel["bucket"].fillna("").astype("object") + f", not {bucket}",
+                "references bucket "
+                + sel["bucket"].fillna("").astype("object")
+                + f", not {bucket}",
                 parsed_key,
             )
             these = candidates.loc[mask]
@@ -769,7 +878,8 @@ def _assemble(
                 )
                 emit(ref.kind, these & ~near, ref.error_message, parsed_key)
 
-    behind = diff.progress()
+    with diff.phase("progress"):
+        behind = diff.progress()
     if behind is not None and not behind.empty:
         out.append(_progress_findings(behind, spec))
 

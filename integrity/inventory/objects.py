@@ -328,9 +328,7 @@ def _finish(
     }
     meta = _snapshot_meta(**fields)
     path, owner = writer.finish(meta)
-    return StorageInventory(
-        **fields, path=path, count=writer.count, owner=owner, file_meta=meta
-    )
+    return StorageInventory(**fields, path=path, count=writer.count, owner=owner, file_meta=meta)
 
 
 def inventory_from_batches(
@@ -470,26 +468,25 @@ def merge_storage(
     The two files are merged by the diff's engine (spilling to disk past its memory limit),
     so neither side is loaded as a frame.
     """
-    from integrity.parquet_diff import connect  # which imports this module
+    from integrity.parquet_diff import connect, sql_literal  # which imports this module
 
     writer = ObjectWriter(work_dir)
     try:
-        with connect() as conn:
-            result = conn.execute(
-                """
+        with connect() as session:
+            reader = session.conn.sql(
+                f"""
                 SELECT key, size, etag, last_modified FROM (
                     SELECT *, 0 AS src, file_row_number AS pos
-                    FROM read_parquet($a, file_row_number = true)
+                    FROM read_parquet({sql_literal(str(a.path))}, file_row_number = true)
                     UNION ALL
                     SELECT *, 1 AS src, file_row_number AS pos
-                    FROM read_parquet($b, file_row_number = true)
+                    FROM read_parquet({sql_literal(str(b.path))}, file_row_number = true)
                 )
                 QUALIFY row_number() OVER (PARTITION BY key ORDER BY src, pos) = 1
                 ORDER BY src, pos
-                """,
-                {"a": str(a.path), "b": str(b.path)},
-            )
-            for batch in result.fetch_record_batch(ROW_GROUP_ROWS):
+                """
+            ).to_arrow_reader(ROW_GROUP_ROWS)
+            for batch in reader:
                 writer.write(batch)
     except BaseException:
         writer.abort()
