@@ -445,17 +445,20 @@ class _ParquetDiff:
             for p in parts
         )
         sql = f"""
-            WITH refs AS ({selects}),
-            parsed AS (
+            WITH refs AS NOT MATERIALIZED ({selects}),
+            parsed AS NOT MATERIALIZED (
                 SELECT refs.*,
                     CASE WHEN p.value IS NULL THEN refs.reference ELSE p.key END AS key,
                     p.alternative, p.bucket, p.problem
                 FROM refs LEFT JOIN residual p ON p.value = refs.reference
             )
             SELECT * FROM parsed
-            WHERE problem IS NOT NULL
-                OR (bucket IS NOT NULL AND bucket <> {_lit(self.bucket)})
-                OR NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = parsed.key)
+            WHERE problem IS NOT NULL OR (bucket IS NOT NULL AND bucket <> {_lit(self.bucket)})
+            UNION ALL
+            SELECT r.* FROM (
+                SELECT * FROM parsed
+                WHERE problem IS NULL AND (bucket IS NULL OR bucket = {_lit(self.bucket)})
+            ) r ANTI JOIN objects o ON o.key = r.key
         """
         return self._frame(sql, {"updated_at": TIMESTAMP}).sort_values(
             ["part", "ref", "pos"], kind="stable", ignore_index=True
