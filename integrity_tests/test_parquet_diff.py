@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integrity.diff import DiffOptions, diff_inventories
-from integrity.errors import UsageError
+from integrity.errors import IntegrityError, UsageError
 from integrity.identity import encode_frame
 from integrity.inventory import (
     JOBS,
@@ -300,7 +300,7 @@ def assert_same_report(old, new) -> None:
 
 
 @settings(
-    max_examples=int(os.environ.get("INTEGRITY_DIFF_EXAMPLES", "20")),
+    max_examples=int(os.environ.get("INTEGRITY_DIFF_EXAMPLES", "10")),
     deadline=None,
     derandomize=True,
     database=None,
@@ -409,8 +409,9 @@ def test_stuck_and_orphan_uploads_with_duplicate_job_rows(tmp_path: Path) -> Non
     ]
 
 
-def test_the_engine_reports_its_limit_and_spills_under_a_small_one(tmp_path: Path) -> None:
-    keys = [f"documents/org-1/{i:07d}-{'x' * 40}.pdf" for i in range(100_000)]
+def _many(tmp_path: Path, n: int) -> tuple[StorageInventory, DatabaseInventory]:
+    """n listed uploads with a documents row each; one row in 1,000 names a missing object."""
+    keys = [f"documents/org-1/{i:07d}-{'x' * 40}.pdf" for i in range(n)]
     batch = pa.record_batch(
         [
             pa.array(keys),
@@ -430,7 +431,11 @@ def test_the_engine_reports_its_limit_and_spills_under_a_small_one(tmp_path: Pat
             "r2_key": [k if i % 1000 else k + ".gone" for i, k in enumerate(keys)],
         }
     )
-    db = DatabaseInventory(tables={"documents": documents})
+    return storage, DatabaseInventory(tables={"documents": documents})
+
+
+def test_the_engine_reports_its_limit_and_spills_under_a_small_one(tmp_path: Path) -> None:
+    storage, db = _many(tmp_path, 100_000)
     limits = EngineLimits(memory_limit=32 * 1024**2, spill_root=tmp_path / "spill", threads=1)
     report = diff_parquet(storage, db, default_spec(), DiffOptions(now=NOW), limits=limits)
     assert report.counts()["missing_original"] == 100
@@ -438,6 +443,18 @@ def test_the_engine_reports_its_limit_and_spills_under_a_small_one(tmp_path: Pat
     assert report.timings["memory_limit_bytes"] == 32 * 1024**2
     assert report.timings["spill_peak_bytes"] > 0
     # The spill directory is the engine's own and is gone with it.
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_a_limit_too_small_even_to_spill_is_one_readable_line(tmp_path: Path) -> None:
+    storage, db = _many(tmp_path, 50_000)
+    limits = EngineLimits(memory_limit=8 * 1024**2, spill_root=tmp_path / "spill", threads=1)
+    with pytest.raises(IntegrityError) as caught:
+        diff_parquet(storage, db, default_spec(), DiffOptions(now=NOW), limits=limits)
+    assert str(caught.value) == (
+        "the diff needs more memory than its limit of 8 MB even when spilling to disk: "
+        "raise INTEGRITY_MEMORY_LIMIT"
+    )
     assert list((tmp_path / "spill").iterdir()) == []
 
 
