@@ -431,38 +431,59 @@ class _ParquetDiff:
 
     def unfound_references(self, parts: list[_Part]) -> pd.DataFrame:
         """Every reference row whose key is not listed as spelled, is invalid or is foreign,
-        with its row's columns; the one join of all references against all listed keys."""
+        with its row's columns.
+
+        The one join of all references against all listed keys carries nothing but the key
+        and the row's place (part, position), so what the engine holds or spills per row is
+        small; the few rows it finds are read again with their columns afterwards.
+        """
         if not parts:
             return pd.DataFrame()
-        selects = " UNION ALL ".join(
+        refs = " UNION ALL ".join(
             f"""SELECT {p.index} AS part, {p.ref_index} AS ref, file_row_number AS pos,
+                {_ident(p.column)}::VARCHAR AS reference
+            FROM {self._table(p.name)} WHERE {p.where}"""
+            for p in parts
+        )
+        ours = f"(bucket IS NULL OR bucket = {_lit(self.bucket)})"
+        hits = self._arrow(
+            f"""
+            WITH refs AS NOT MATERIALIZED ({refs}),
+            parsed AS NOT MATERIALIZED (
+                SELECT refs.part, refs.ref, refs.pos,
+                    CASE WHEN p.value IS NULL THEN refs.reference ELSE p.key END AS key,
+                    p.bucket, p.problem
+                FROM refs LEFT JOIN residual p ON p.value = refs.reference
+            )
+            SELECT part, ref, pos FROM parsed WHERE problem IS NOT NULL OR NOT {ours}
+            UNION ALL
+            SELECT r.part, r.ref, r.pos FROM (
+                SELECT part, ref, pos, key FROM parsed WHERE problem IS NULL AND {ours}
+            ) r ANTI JOIN (SELECT key FROM objects) o ON o.key = r.key
+            """
+        )
+        self.conn.register("hits", hits)
+        rows = " UNION ALL ".join(
+            f"""SELECT {p.index} AS part, {p.ref_index} AS ref, t.file_row_number AS pos,
                 {"row_id::VARCHAR" if p.index >= 0 else "NULL::VARCHAR"} AS row_id,
                 {"tenant::VARCHAR" if p.index >= 0 else "NULL::VARCHAR"} AS tenant,
                 {"status::VARCHAR" if p.index >= 0 else "NULL::VARCHAR"} AS status,
                 {"updated_at::TIMESTAMPTZ" if p.index >= 0 else "NULL::TIMESTAMPTZ"} AS updated_at,
                 {_ident(p.column)}::VARCHAR AS reference, {p.judged} AS judged
-            FROM {self._table(p.name)} WHERE {p.where}"""
+            FROM {self._table(p.name)} t SEMI JOIN (
+                SELECT pos FROM hits WHERE part = {p.index} AND ref = {p.ref_index}
+            ) h ON h.pos = t.file_row_number"""
             for p in parts
         )
         sql = f"""
-            WITH refs AS NOT MATERIALIZED ({selects}),
-            parsed AS NOT MATERIALIZED (
-                SELECT refs.*,
-                    CASE WHEN p.value IS NULL THEN refs.reference ELSE p.key END AS key,
-                    p.alternative, p.bucket, p.problem
-                FROM refs LEFT JOIN residual p ON p.value = refs.reference
-            )
-            SELECT * FROM parsed
-            WHERE problem IS NOT NULL OR (bucket IS NOT NULL AND bucket <> {_lit(self.bucket)})
-            UNION ALL
-            SELECT r.* FROM (
-                SELECT * FROM parsed
-                WHERE problem IS NULL AND (bucket IS NULL OR bucket = {_lit(self.bucket)})
-            ) r ANTI JOIN objects o ON o.key = r.key
+            SELECT x.*,
+                CASE WHEN p.value IS NULL THEN x.reference ELSE p.key END AS key,
+                p.alternative, p.bucket, p.problem
+            FROM ({rows}) x LEFT JOIN residual p ON p.value = x.reference
         """
-        return self._frame(sql, {"updated_at": TIMESTAMP}).sort_values(
-            ["part", "ref", "pos"], kind="stable", ignore_index=True
-        )
+        found = self._frame(sql, {"updated_at": TIMESTAMP})
+        self.conn.unregister("hits")
+        return found.sort_values(["part", "ref", "pos"], kind="stable", ignore_index=True)
 
     def listed(self, spellings: pd.Series) -> set[str]:
         """Which of a few spellings are listed keys (the engine scans the keys once)."""
