@@ -1,5 +1,8 @@
 """One reconciliation, end to end: preflight, list and read concurrently, diff.
 
+The storage listing streams into a Parquet file and the diff runs over the files out of core
+(`integrity.parquet_diff`), under the engine's memory limit.
+
 The CLI and benchmarks call this directly; the Dagster assets call its pieces one asset at a
 time so that each inventory is its own snapshot.
 """
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from integrity.diff import DiffOptions, ReconciliationReport, diff_inventories
+from integrity.diff import DiffOptions, ReconciliationReport
 from integrity.inventory import (
     ALL_TENANTS,
     DatabaseInventory,
@@ -26,6 +29,7 @@ from integrity.inventory import (
     read_database,
     referenced_keys,
 )
+from integrity.parquet_diff import EngineLimits, diff_parquet
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
 
@@ -113,6 +117,7 @@ def reconcile(
     concurrency: int = 8,
     on_progress: ProgressCallback | None = None,
     inventory_report: InventoryReport | None = None,
+    limits: EngineLimits | None = None,
 ) -> ReconciliationReport:
     """Preflight both sides, then list storage while the database is read, then diff.
 
@@ -120,6 +125,7 @@ def reconcile(
     the database is, unless a tenant's rows must say first which directories to keep).
     """
     options = options or DiffOptions()
+    limits = limits or EngineLimits.from_env()
     started = time.perf_counter()
     store.check_access()
     check_database(engine, spec)
@@ -156,7 +162,7 @@ def reconcile(
             store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
         )
     diff_started = time.perf_counter()
-    report = diff_inventories(inventory, db, spec, options)
+    report = diff_parquet(inventory, db, spec, options, limits=limits)
     report.timings["diff_seconds"] = time.perf_counter() - diff_started
     report.timings["total_seconds"] = time.perf_counter() - started
     return report

@@ -25,6 +25,11 @@ ENV_ALLOW_WRITES = "INTEGRITY_ALLOW_WRITES"
 # (seconds, default 180); a run whose lease runs out was interrupted.
 ENV_RUN_LEASE = "INTEGRITY_RUN_LEASE_SECONDS"
 
+# The out-of-core diff: the engine's memory limit ("2GB", "512MiB", "50%"; default a quarter of
+# the machine's memory) and the directory its spill directories go in (default: system temp).
+ENV_MEMORY_LIMIT = "INTEGRITY_MEMORY_LIMIT"
+ENV_SPILL_DIR = "INTEGRITY_SPILL_DIR"
+
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
 

@@ -19,10 +19,11 @@ from pydantic import Field
 
 from integrity.defs.partitions import tenant_partitions
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
-from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, diff_inventories
+from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport
 from integrity.errors import IntegrityError
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
 from integrity.kinds import KINDS
+from integrity.parquet_diff import EngineLimits, diff_parquet
 from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
 from integrity.spec import check_tenant
 
@@ -180,14 +181,14 @@ def storage_inventory(
             )
     verb = "listed" if report is None else f"read from {report.url}"
     context.log.info(
-        f"{verb}: {len(inventory.objects)} objects of {store.description} with "
+        f"{verb}: {inventory.count} objects of {store.description} with "
         f"{inventory.requests} requests"
         + ("" if report is None else f", as of {report.created_at.isoformat()}")
     )
     _warn_if_incomplete(context, "the storage inventory", inventory.errors)
     context.add_output_metadata(
         {
-            "objects_listed": dg.MetadataValue.int(len(inventory.objects)),
+            "objects_listed": dg.MetadataValue.int(inventory.count),
             "requests": dg.MetadataValue.int(inventory.requests),
             "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             "prefixes": dg.MetadataValue.int(len(inventory.prefixes)),
@@ -230,10 +231,13 @@ def reconciliation_report(
     db_inventory: DatabaseInventory,
     spec: SpecResource,
 ) -> ReconciliationReport:
-    """The drift between storage and database: every finding, by stable kind, from vectorised joins.
+    """The drift between storage and database: every finding, by stable kind, from joins over both snapshots.
 
-    A report built from an incomplete inventory is still written, marked incomplete with the
-    reasons, so people can see it while remediation refuses to act on it.
+    The diff runs out of core over the two inventories' Parquet files, under the memory limit of
+    INTEGRITY_MEMORY_LIMIT (spilling to disk past it); the spill's peak size is recorded.
+
+        A report built from an incomplete inventory is still written, marked incomplete with the
+        reasons, so people can see it while remediation refuses to act on it.
     """
     options = DiffOptions(
         min_age=timedelta(seconds=config.min_age),
@@ -243,8 +247,11 @@ def reconciliation_report(
     )
     with fail_clearly():
         reconciliation_spec = spec.load()
-    started = time.perf_counter()
-    report = diff_inventories(storage_inventory, db_inventory, reconciliation_spec, options)
+        limits = EngineLimits.from_env()
+        started = time.perf_counter()
+        report = diff_parquet(
+            storage_inventory, db_inventory, reconciliation_spec, options, limits=limits
+        )
     diff_seconds = time.perf_counter() - started
     report.timings["diff_seconds"] = diff_seconds
     report.timings["total_seconds"] = (
@@ -266,6 +273,8 @@ def reconciliation_report(
             "requests": dg.MetadataValue.int(storage_inventory.requests),
             "seconds": dg.MetadataValue.float(round(report.timings["total_seconds"], 3)),
             "diff_seconds": dg.MetadataValue.float(round(diff_seconds, 3)),
+            "memory_limit_bytes": dg.MetadataValue.int(limits.memory_limit),
+            "spill_peak_bytes": dg.MetadataValue.int(int(report.timings["spill_peak_bytes"])),
             **_completeness(report.complete, report.reasons),
             **storage_source_metadata(
                 report.storage_source,

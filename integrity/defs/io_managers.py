@@ -2,7 +2,8 @@
 
 Each snapshot class saves and loads itself (Parquet with its metadata in the file); this only
 decides where: `<base_dir>/<asset key>/<partition>/`, with a file name per class so loading
-needs no type annotation.
+needs no type annotation. A storage inventory is already a Parquet file, written as it was
+listed: saving moves it into place, and loading leaves the objects in the file for the diff.
 """
 
 from __future__ import annotations

@@ -1,18 +1,23 @@
-"""The storage inventory: every object under the listed prefixes, in columns.
+"""The storage inventory: every object under the listed prefixes, in a Parquet file.
 
 Prefixes are listed concurrently, a page of 1,000 keys at a time, and every page turns into
-Arrow arrays at once, so no dict per object outlives its page. A listing page that failed after
-its retries makes the inventory incomplete, with the reason.
+Arrow arrays at once and goes straight into a Parquet file, a row group at a time, so memory
+stays flat whatever the bucket holds. The file is the inventory: the diff reads it, `save` moves
+or copies it into a snapshot, and `objects` loads it as one frame only for whoever asks. A
+listing page that failed after its retries makes the inventory incomplete, with the reason.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from integrity.errors import StorageError
 from integrity.inventory.names import utcnow
-from integrity.inventory.snapshots import read_parquet, write_parquet
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
 
 ProgressCallback = Callable[[str, int], None]
@@ -37,59 +42,295 @@ OBJECT_SCHEMA = pa.schema(
         ("last_modified", pa.timestamp("us", tz="UTC")),
     ]
 )
+SNAPSHOT_METADATA = "integrity"
+"""The key of the inventory's own metadata in its Parquet file (as in every snapshot)."""
+ROW_GROUP_ROWS = 128 * 1024
+"""Objects per Parquet row group: pages are gathered up to this before they are written."""
 
 
-@dataclass
+class ObjectWriter:
+    """Record batches of OBJECT_SCHEMA into one Parquet file, a row group at a time.
+
+    The file goes into `work_dir` (kept), or into a temporary directory the writer hands to the
+    inventory it finishes (removed with the inventory). The inventory's metadata is written
+    into the file's footer when it is finished, so the file is a snapshot as it stands.
+    Safe to call from several listing threads.
+    """
+
+    def __init__(self, work_dir: str | Path | None = None) -> None:
+        self._owner: tempfile.TemporaryDirectory[str] | None = None
+        if work_dir is None:
+            self._owner = tempfile.TemporaryDirectory(prefix="integrity-objects-")
+            directory = Path(self._owner.name)
+        else:
+            directory = Path(work_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"objects-{uuid.uuid4().hex[:12]}.parquet"
+        self.count = 0
+        self._lock = threading.Lock()
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        # No Arrow schema in the file: the inventory's metadata then reads back as the schema's.
+        self._writer = pq.ParquetWriter(self.path, OBJECT_SCHEMA, store_schema=False)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        if batch.schema != OBJECT_SCHEMA:
+            batch = pa.Table.from_batches([batch]).cast(OBJECT_SCHEMA).combine_chunks()
+            batch = batch.to_batches()[0] if batch.num_rows else OBJECT_SCHEMA.empty_table()
+        with self._lock:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            self.count += batch.num_rows
+            if self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(
+                pa.Table.from_batches(self._pending, schema=OBJECT_SCHEMA),
+                row_group_size=max(self._pending_rows, 1),
+            )
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self, meta: dict[str, Any]) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+        """Write what is pending and the metadata, close the file; (path, its owner)."""
+        with self._lock:
+            self._flush()
+            self._writer.add_key_value_metadata({SNAPSHOT_METADATA: json.dumps(meta)})
+            self._writer.close()
+        pa.default_memory_pool().release_unused()
+        return self.path, self._owner
+
+    def abort(self) -> None:
+        with self._lock:
+            self._writer.close()
+        self.path.unlink(missing_ok=True)
+        if self._owner is not None:
+            self._owner.cleanup()
+
+
+def _file_meta(path: Path) -> dict[str, Any]:
+    raw = (pq.read_metadata(path).metadata or {}).get(SNAPSHOT_METADATA.encode())
+    return json.loads(raw) if raw else {}
+
+
 class StorageInventory:
-    """Every object found under the listed prefixes: key, size, etag, last_modified."""
+    """Every object found under the listed prefixes: key, size, etag, last_modified.
 
-    bucket: str
-    prefixes: list[str]
-    objects: pd.DataFrame
-    complete: bool = True
-    errors: list[str] = field(default_factory=list)
-    requests: int = 0
-    seconds: float = 0.0
-    listed_at: datetime = field(default_factory=utcnow)
-    backend: str = "s3"
-    """The kind of store listed, whose key rules the diff applies to references."""
-    source: str = "listing"
-    """Where the objects came from: "listing", or the manifest of an S3 Inventory report."""
-    snapshot_at: datetime | None = None
-    """When the objects were as recorded (an inventory report's creation time); None for a live
-    listing, which is as of `listed_at`."""
+    Backed by one Parquet file (`path`), written as the objects were listed or read. `objects`
+    loads it as a frame on first use, for callers that want one; the diff reads the file.
+    `count` is known without loading. An inventory built from a frame (`objects=`) writes its
+    file the first time someone asks for `path`.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefixes: list[str],
+        objects: pd.DataFrame | None = None,
+        complete: bool = True,
+        errors: list[str] | None = None,
+        requests: int = 0,
+        seconds: float = 0.0,
+        listed_at: datetime | None = None,
+        backend: str = "s3",
+        source: str = "listing",
+        snapshot_at: datetime | None = None,
+        *,
+        path: str | Path | None = None,
+        count: int | None = None,
+        owner: tempfile.TemporaryDirectory[str] | None = None,
+        file_meta: dict[str, Any] | None = None,
+    ) -> None:
+        if (objects is None) == (path is None):
+            raise ValueError("a storage inventory has either objects or the path of their file")
+        self.bucket = bucket
+        self.prefixes = prefixes
+        self.complete = complete
+        self.errors = list(errors or [])
+        self.requests = requests
+        self.seconds = seconds
+        self.listed_at = listed_at or utcnow()
+        self.backend = backend
+        """The kind of store listed, whose key rules the diff applies to references."""
+        self.source = source
+        """Where the objects came from: "listing", or the manifest of an S3 Inventory report."""
+        self.snapshot_at = snapshot_at
+        """When the objects were as recorded (an inventory report's creation time); None for a
+        live listing, which is as of `listed_at`."""
+        self._frame = objects
+        self._path = Path(path) if path is not None else None
+        self._owner = owner
+        self._file_meta = file_meta
+        if count is None:
+            count = len(objects) if objects is not None else pq.read_metadata(self._path).num_rows
+        self.count = count
+
+    def __repr__(self) -> str:
+        return (
+            f"StorageInventory(bucket={self.bucket!r}, prefixes={self.prefixes!r}, "
+            f"count={self.count}, complete={self.complete}, source={self.source!r}, "
+            f"path={str(self._path) if self._path else None!r})"
+        )
 
     @property
     def as_of(self) -> datetime:
         """The time the inventory describes storage at."""
         return self.snapshot_at or self.listed_at
 
+    @property
+    def objects(self) -> pd.DataFrame:
+        """All objects as one frame, loaded from the file on first use (memory grows with N)."""
+        if self._frame is None:
+            assert self._path is not None
+            table = pq.read_table(self._path, schema=OBJECT_SCHEMA)
+            self._frame = table.replace_schema_metadata(None).to_pandas()
+        return self._frame
+
+    @property
+    def path(self) -> Path:
+        """The Parquet file of the objects (written now if the inventory came from a frame)."""
+        if self._path is None:
+            writer = ObjectWriter()
+            assert self._frame is not None
+            table = pa.Table.from_pandas(self._frame, preserve_index=False).cast(OBJECT_SCHEMA)
+            for batch in table.to_batches(ROW_GROUP_ROWS):
+                writer.write(batch)
+            meta = self._meta()
+            self._path, self._owner = writer.finish(meta)
+            self._file_meta = meta
+        return self._path
+
+    def batches(self, batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+        """The objects a record batch at a time, without loading them all."""
+        if self._path is None and self._frame is not None:
+            table = pa.Table.from_pandas(self._frame, preserve_index=False).cast(OBJECT_SCHEMA)
+            yield from table.to_batches(batch_size)
+            return
+        file = pq.ParquetFile(self.path)
+        for batch in file.iter_batches(batch_size=batch_size):
+            yield batch.cast(OBJECT_SCHEMA)
+
     def _meta(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket,
-            "backend": self.backend,
-            "prefixes": self.prefixes,
-            "complete": self.complete,
-            "errors": self.errors,
-            "requests": self.requests,
-            "seconds": self.seconds,
-            "listed_at": self.listed_at.isoformat(),
-            "source": self.source,
-            "snapshot_at": self.snapshot_at.isoformat() if self.snapshot_at else None,
-        }
+        return _snapshot_meta(
+            bucket=self.bucket,
+            backend=self.backend,
+            prefixes=self.prefixes,
+            complete=self.complete,
+            errors=self.errors,
+            requests=self.requests,
+            seconds=self.seconds,
+            listed_at=self.listed_at,
+            source=self.source,
+            snapshot_at=self.snapshot_at,
+        )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        write_parquet(path, self.objects, self._meta())
+        """Write the snapshot at `path`: the inventory's own file is moved there if it is a
+        temporary one whose metadata still holds, copied if not ours, rewritten a row group at
+        a time if the metadata changed. The inventory then reads from `path`."""
+        path = Path(path).absolute()
+        meta = self._meta()
+        source = self.path
+        if path == source.absolute() and meta == self._file_meta:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        if meta == self._file_meta:
+            if self._owner is not None:
+                shutil.move(source, tmp)
+            else:
+                shutil.copyfile(source, tmp)
+        else:
+            _rewrite(source, tmp, meta)
+        tmp.replace(path)
+        if self._owner is not None:
+            self._owner.cleanup()
+            self._owner = None
+        self._path, self._file_meta = path, meta
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> StorageInventory:
-        frame, meta = read_parquet(Path(path))
+        """The snapshot at `path`, its objects left in the file until asked for."""
+        path = Path(path).absolute()
+        meta = _file_meta(path)
+        file_meta = dict(meta)
         meta["listed_at"] = datetime.fromisoformat(meta["listed_at"])
         if meta.get("snapshot_at"):
             meta["snapshot_at"] = datetime.fromisoformat(meta["snapshot_at"])
-        return cls(objects=frame, **meta)
+        return cls(path=path, file_meta=file_meta, **meta)
+
+
+def _rewrite(source: Path, target: Path, meta: dict[str, Any]) -> None:
+    """Copy a file of objects a row group at a time, with other metadata."""
+    file = pq.ParquetFile(source)
+    with pq.ParquetWriter(target, OBJECT_SCHEMA, store_schema=False) as writer:
+        for group in range(file.num_row_groups):
+            writer.write_table(file.read_row_group(group).cast(OBJECT_SCHEMA))
+        writer.add_key_value_metadata({SNAPSHOT_METADATA: json.dumps(meta)})
+
+
+def _snapshot_meta(
+    *,
+    bucket: str,
+    backend: str,
+    prefixes: list[str],
+    complete: bool,
+    errors: list[str],
+    requests: int,
+    seconds: float,
+    listed_at: datetime,
+    source: str,
+    snapshot_at: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "bucket": bucket,
+        "backend": backend,
+        "prefixes": prefixes,
+        "complete": complete,
+        "errors": errors,
+        "requests": requests,
+        "seconds": seconds,
+        "listed_at": listed_at.isoformat(),
+        "source": source,
+        "snapshot_at": snapshot_at.isoformat() if snapshot_at else None,
+    }
+
+
+def _finish(
+    writer: ObjectWriter,
+    *,
+    bucket: str,
+    backend: str,
+    prefixes: list[str],
+    errors: list[str],
+    requests: int,
+    seconds: float,
+    source: str = "listing",
+    snapshot_at: datetime | None = None,
+    complete: bool | None = None,
+    listed_at: datetime | None = None,
+) -> StorageInventory:
+    """Close the writer with the inventory's metadata; the inventory reads from its file.
+    Complete unless there are errors (or as given); errors sorted unless complete is given."""
+    fields: dict[str, Any] = {
+        "bucket": bucket,
+        "backend": backend,
+        "prefixes": prefixes,
+        "complete": not errors if complete is None else complete,
+        "errors": sorted(errors) if complete is None else errors,
+        "requests": requests,
+        "seconds": seconds,
+        "listed_at": listed_at or utcnow(),
+        "source": source,
+        "snapshot_at": snapshot_at,
+    }
+    meta = _snapshot_meta(**fields)
+    path, owner = writer.finish(meta)
+    return StorageInventory(**fields, path=path, count=writer.count, owner=owner, file_meta=meta)
 
 
 def inventory_from_batches(
@@ -103,17 +344,23 @@ def inventory_from_batches(
     errors: list[str] | None = None,
     requests: int = 0,
     seconds: float = 0.0,
+    work_dir: str | Path | None = None,
 ) -> StorageInventory:
-    """A storage inventory from record batches of OBJECT_SCHEMA, from any source."""
-    table = pa.Table.from_batches(list(batches), schema=OBJECT_SCHEMA)
-    errors = sorted(errors or [])
-    return StorageInventory(
+    """A storage inventory from record batches of OBJECT_SCHEMA, from any source, streamed
+    into its Parquet file as they come (in `work_dir`, or a temporary directory of its own)."""
+    writer = ObjectWriter(work_dir)
+    try:
+        for batch in batches:
+            writer.write(batch)
+    except BaseException:
+        writer.abort()
+        raise
+    return _finish(
+        writer,
         bucket=bucket,
         backend=backend,
         prefixes=[""] if prefixes is None else prefixes,
-        objects=table.to_pandas(),
-        complete=not errors,
-        errors=errors,
+        errors=list(errors or []),
         requests=requests,
         seconds=seconds,
         source=source,
@@ -152,16 +399,21 @@ def _range_filter(batch: pa.RecordBatch, key_range: KeyRange) -> pa.RecordBatch:
     return batch.filter(keep)
 
 
-def _split_bucket(store: ObjectStore) -> tuple[list[str], list[pa.RecordBatch]]:
-    """One delimiter listing of the bucket's root: its top-level prefixes, to list concurrently,
-    and the root-level objects themselves, already in columns."""
+def _split_bucket(
+    store: ObjectStore, writer: ObjectWriter, key_range: KeyRange | None = None
+) -> list[str]:
+    """One delimiter listing of the bucket's root: its top-level prefixes, to list concurrently;
+    the root-level objects themselves (those in the key range, if any) go into the writer."""
     prefixes: list[str] = []
-    root: list[pa.RecordBatch] = []
     for page in store.list_pages("", delimiter="/"):
         prefixes.extend(page.common_prefixes)
         if page.keys:
-            root.append(_batch(page))
-    return prefixes, root
+            batch = _batch(page)
+            if key_range is not None:
+                batch = _range_filter(batch, key_range)
+            if batch.num_rows:
+                writer.write(batch)
+    return prefixes
 
 
 KeyRange = tuple[str | None, str | None]
@@ -199,8 +451,10 @@ def list_storage(
     concurrency: int = 8,
     on_progress: ProgressCallback | None = None,
     key_range: KeyRange | None = None,
+    work_dir: str | Path | None = None,
 ) -> StorageInventory:
-    """List the given prefixes (None: the whole bucket) concurrently into one columnar frame.
+    """List the given prefixes (None: the whole bucket) concurrently into one Parquet file, in
+    `work_dir` (None: a temporary directory the inventory owns), a page at a time.
 
     key_range: list only the keys in (after, end], starting each listing after `after` and
     stopping at `end`, so a shard of a large bucket lists its own range and nothing else.
@@ -208,17 +462,15 @@ def list_storage(
     started = time.perf_counter()
     requests_before = store.requests
     errors: list[str] = []
-    chunks: list[pa.RecordBatch] = []
     lock = threading.Lock()
+    writer = ObjectWriter(work_dir)
 
     if prefixes is None:
         try:
-            work, chunks = _split_bucket(store)
+            work = _split_bucket(store, writer, key_range)
         except (ListingFailed, StorageError) as exc:
             work, errors = [], [str(exc)]
         listed_prefixes = [""]
-        if key_range is not None:
-            chunks = [_range_filter(batch, key_range) for batch in chunks]
     else:
         work = minimal_prefixes(prefixes)
         listed_prefixes = work
@@ -234,9 +486,7 @@ def list_storage(
                     break
                 if not page.keys:
                     continue
-                batch = _batch(page)
-                with lock:
-                    chunks.append(batch)
+                writer.write(_batch(page))
                 if on_progress is not None:
                     on_progress("objects", len(page.keys))
                 if past_end:
@@ -245,49 +495,70 @@ def list_storage(
             with lock:
                 errors.append(str(exc))
 
-    if len(work) <= 1 or concurrency <= 1:
-        for prefix in work:
-            list_one(prefix)
-    else:
-        with ThreadPoolExecutor(
-            max_workers=min(concurrency, len(work)), thread_name_prefix="list"
-        ) as pool:
-            list(pool.map(list_one, work))
-
-    table = (
-        pa.Table.from_batches(chunks, schema=OBJECT_SCHEMA)
-        if chunks
-        else OBJECT_SCHEMA.empty_table()
-    )
-    objects = table.to_pandas()
-    del table
+    try:
+        if len(work) <= 1 or concurrency <= 1:
+            for prefix in work:
+                list_one(prefix)
+        else:
+            with ThreadPoolExecutor(
+                max_workers=min(concurrency, len(work)), thread_name_prefix="list"
+            ) as pool:
+                list(pool.map(list_one, work))
+    except BaseException:
+        writer.abort()
+        raise
     # The prefixes listed are disjoint (minimal_prefixes), so no key can appear twice.
-    pa.default_memory_pool().release_unused()
-    return StorageInventory(
+    return _finish(
+        writer,
         bucket=store.bucket,
         backend=store.backend,
         prefixes=listed_prefixes,
-        objects=objects,
-        complete=not errors,
-        errors=sorted(errors),
+        errors=errors,
         requests=store.requests - requests_before,
         seconds=time.perf_counter() - started,
     )
 
 
-def merge_storage(a: StorageInventory, b: StorageInventory) -> StorageInventory:
-    objects = pd.concat([a.objects, b.objects], ignore_index=True).drop_duplicates(
-        "key", ignore_index=True
-    )
-    return StorageInventory(
+def merge_storage(
+    a: StorageInventory, b: StorageInventory, *, work_dir: str | Path | None = None
+) -> StorageInventory:
+    """Both inventories in one file: a's objects, then b's that a does not hold (by key).
+
+    The two files are merged by the diff's engine (spilling to disk past its memory limit),
+    so neither side is loaded as a frame.
+    """
+    from integrity.parquet_diff import connect, sql_literal  # which imports this module
+
+    writer = ObjectWriter(work_dir)
+    try:
+        with connect() as session:
+            reader = session.conn.sql(
+                f"""
+                SELECT key, size, etag, last_modified FROM (
+                    SELECT *, 0 AS src, file_row_number AS pos
+                    FROM read_parquet({sql_literal(str(a.path))}, file_row_number = true)
+                    UNION ALL
+                    SELECT *, 1 AS src, file_row_number AS pos
+                    FROM read_parquet({sql_literal(str(b.path))}, file_row_number = true)
+                )
+                QUALIFY row_number() OVER (PARTITION BY key ORDER BY src, pos) = 1
+                ORDER BY src, pos
+                """
+            ).to_arrow_reader(ROW_GROUP_ROWS)
+            for batch in reader:
+                writer.write(batch)
+    except BaseException:
+        writer.abort()
+        raise
+    return _finish(
+        writer,
         bucket=a.bucket,
         backend=a.backend,
         prefixes=minimal_prefixes(a.prefixes + b.prefixes),
-        objects=objects,
-        complete=a.complete and b.complete,
         errors=a.errors + b.errors,
         requests=a.requests + b.requests,
         seconds=a.seconds + b.seconds,
+        complete=a.complete and b.complete,
         listed_at=min(a.listed_at, b.listed_at),
     )
 
