@@ -28,7 +28,7 @@ import json
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,19 @@ def restrict_inventory(
 ) -> StorageInventory:
     """A shard's part of an inventory already at hand (an S3 Inventory report, say)."""
     keep = plan.shard_of(inventory.objects["key"]) == shard
-    return replace(inventory, objects=inventory.objects.loc[keep].reset_index(drop=True))
+    return StorageInventory(
+        bucket=inventory.bucket,
+        prefixes=inventory.prefixes,
+        objects=inventory.objects.loc[keep].reset_index(drop=True),
+        complete=inventory.complete,
+        errors=inventory.errors,
+        requests=inventory.requests,
+        seconds=inventory.seconds,
+        listed_at=inventory.listed_at,
+        backend=inventory.backend,
+        source=inventory.source,
+        snapshot_at=inventory.snapshot_at,
+    )
 
 
 def _references(
@@ -387,7 +399,13 @@ def shard_database(
     if spec.plans is not None and plans is not None and not plans.empty:
         mine = plan.shard_of(plan_prefixes(plans, spec)) == shard
         tables[PLANS] = plans.loc[mine].reset_index(drop=True)
-    return replace(db, tables=tables)
+    return DatabaseInventory(
+        tables=tables,
+        complete=db.complete,
+        errors=db.errors,
+        seconds=db.seconds,
+        read_at=db.read_at,
+    )
 
 
 def variant_keys(
