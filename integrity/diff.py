@@ -132,6 +132,7 @@ class ReconciliationReport:
             "updated": 0,
             "requeued": 0,
             "examples": self.examples(examples),
+            "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
         }
 
     # -- files ---------------------------------------------------------------
