@@ -499,3 +499,33 @@ def test_the_fast_client_keeps_the_configured_endpoint_and_retries(moto_endpoint
     bucket = f"integrity-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     assert client.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+def test_the_fast_client_follows_the_profile(moto_endpoint, bucket, tmp_path, monkeypatch) -> None:
+    """Endpoint, region, addressing style and credentials from an AWS profile (the standard
+    chain, as dagster-aws's S3Resource reads it too): the listing goes through them."""
+    _plant(bucket, _keys(12))
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile integrity-listing]\n"
+        f"endpoint_url = {moto_endpoint}\n"
+        "region = us-east-1\n"
+        "aws_access_key_id = profile-key\n"
+        "aws_secret_access_key = profile-secret\n"
+        "s3 =\n    addressing_style = path\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "integrity-listing")
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+    ):  # noqa: E501
+        monkeypatch.delenv(name, raising=False)
+    client = s3_client()
+    assert client.meta.endpoint_url == moto_endpoint
+    assert client.meta.config.s3 == {"addressing_style": "path"}
+    store = S3Storage(client, bucket, page_size=5)
+    assert [k for page in store.list_pages("") for k in page.keys] == sorted(_keys(12))
+    assert listing_stats(client).columnar == 3  # signed with the profile's keys: none other set
