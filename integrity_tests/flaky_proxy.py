@@ -1,7 +1,8 @@
 """An HTTP proxy in front of moto that misbehaves the way real S3-compatible stores do.
 
-It can answer ListObjectsV2 with 503 SlowDown (transient or for good) and cap the keys per
-page below what the client asked for (as R2 may); answer HEAD with 503 SlowDown for good, refuse
+It can answer ListObjectsV2 with 503 SlowDown (transient or for good), cap the keys per
+page below what the client asked for (as R2 may) and drop NextContinuationToken from truncated
+pages (as no store should); answer HEAD with 503 SlowDown for good, refuse
 some keys with 400 InvalidArgument, or reset the connection on them; and forward everything else
 untouched.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import socket
 import struct
 import threading
@@ -65,6 +67,7 @@ class FlakyProxy:
         self.fail_next_lists = 0  # transient: the next N list requests get 503
         self.fail_lists_after = None  # permanent: every list page after this many succeed gets 503
         self.max_keys: int | None = None  # cap keys per page
+        self.drop_continuation_tokens = False  # list answers lose their NextContinuationToken
         self.lists_served = 0
         self.lists_failed = 0
         self.fail_heads_after: int | None = None  # every HEAD after this many succeed gets 503
@@ -170,6 +173,10 @@ class FlakyProxy:
                 else:
                     if fault == "short":
                         data = data[: len(data) // 2]
+                    if kind == "list" and proxy.drop_continuation_tokens:
+                        data = re.sub(
+                            rb"<NextContinuationToken>[^<]*</NextContinuationToken>", b"", data
+                        )
                     forwarded.append(("Content-Length", str(len(data))))
                 head = self._head_block(response.status, response.reason, forwarded)
                 if fault == "cut":

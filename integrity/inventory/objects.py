@@ -378,15 +378,9 @@ def minimal_prefixes(prefixes: Iterable[str]) -> list[str]:
 
 
 def _batch(page: ListingPage) -> pa.RecordBatch:
-    return pa.record_batch(
-        [
-            pa.array(page.keys, pa.string()),
-            pa.array(page.sizes, pa.int64()),
-            pa.array(page.etags, pa.string()),
-            pa.array(page.last_modified, pa.timestamp("us", tz="UTC")),
-        ],
-        schema=OBJECT_SCHEMA,
-    )
+    # A page from S3 is a record batch already (no Python object per key); the columns are
+    # OBJECT_SCHEMA's, checked rather than assumed.
+    return pa.RecordBatch.from_arrays(page.to_batch().columns, schema=OBJECT_SCHEMA)
 
 
 def _range_filter(batch: pa.RecordBatch, key_range: KeyRange) -> pa.RecordBatch:

@@ -5,29 +5,113 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
 
 PAGE_SIZE = 1000
 
 T = TypeVar("T")
 
 
-@dataclass
-class ListingPage:
-    """One page of a listing, already in columns (no dict per object)."""
+PAGE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("last_modified", pa.timestamp("us", tz="UTC")),
+    ]
+)
+"""The columns of a listing page in Arrow (those of the storage inventory)."""
 
-    keys: list[str] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    etags: list[str] = field(default_factory=list)
-    last_modified: list[datetime] = field(default_factory=list)
-    common_prefixes: list[str] = field(default_factory=list)
-    # False on the last page of a listing, True when more follow; None when the store cannot say.
-    truncated: bool | None = None
+
+class ListingPage:
+    """One page of a listing, already in columns (no dict per object).
+
+    A backend fills either Python lists (keys, sizes, etags, last_modified) or one Arrow record
+    batch of PAGE_SCHEMA; `to_batch()` gives the batch either way, without a Python object per
+    key when the page came as a batch, and the list attributes read a batch as lists on first use.
+    """
+
+    def __init__(
+        self,
+        keys: list[str] | None = None,
+        sizes: list[int] | None = None,
+        etags: list[str] | None = None,
+        last_modified: list[datetime] | None = None,
+        common_prefixes: list[str] | None = None,
+        truncated: bool | None = None,
+        *,
+        batch: pa.RecordBatch | None = None,
+    ) -> None:
+        if batch is not None:
+            if any(column is not None for column in (keys, sizes, etags, last_modified)):
+                raise ValueError("a listing page is either lists or one record batch")
+            if not batch.schema.equals(PAGE_SCHEMA):
+                raise ValueError(f"a listing page's batch has the schema {batch.schema}")
+        self._batch = batch
+        self._lists: list[list[Any]] | None = (
+            None
+            if batch is not None
+            else [keys or [], sizes or [], etags or [], last_modified or []]
+        )
+        self.common_prefixes: list[str] = common_prefixes or []
+        # False on the last page of a listing, True when more follow; None when the store cannot say.
+        self.truncated = truncated
+
+    def _column(self, index: int) -> list[Any]:
+        if self._lists is None:
+            assert self._batch is not None
+            self._lists = [column.to_pylist() for column in self._batch.columns]
+        return self._lists[index]
+
+    @property
+    def keys(self) -> list[str]:
+        return self._column(0)
+
+    @property
+    def sizes(self) -> list[int]:
+        return self._column(1)
+
+    @property
+    def etags(self) -> list[str]:
+        return self._column(2)
+
+    @property
+    def last_modified(self) -> list[datetime]:
+        return self._column(3)
+
+    def to_batch(self) -> pa.RecordBatch:
+        """The page as one record batch of PAGE_SCHEMA."""
+        if self._batch is not None:
+            return self._batch
+        keys, sizes, etags, last_modified = (
+            self._column(0),
+            self._column(1),
+            self._column(2),
+            self._column(3),
+        )
+        return pa.record_batch(
+            [
+                pa.array(keys, pa.string()),
+                pa.array(sizes, pa.int64()),
+                pa.array(etags, pa.string()),
+                pa.array(last_modified, pa.timestamp("us", tz="UTC")),
+            ],
+            schema=PAGE_SCHEMA,
+        )
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return (
+            self._batch.num_rows
+            if self._lists is None and self._batch is not None
+            else len(self.keys)
+        )
+
+    def __repr__(self) -> str:
+        return f"ListingPage({len(self)} keys, {len(self.common_prefixes)} prefixes, truncated={self.truncated})"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_plus
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -22,7 +25,21 @@ from botocore.exceptions import (
 
 from integrity.errors import StorageError
 from integrity.keys import key_problem
-from integrity.storage.base import PAGE_SIZE, ListingFailed, ListingPage, ObjectHead, with_retries
+from integrity.storage.base import (
+    PAGE_SCHEMA,
+    PAGE_SIZE,
+    ListingFailed,
+    ListingPage,
+    ObjectHead,
+    with_retries,
+)
+from integrity.storage.s3_listing import (
+    COLUMNS,
+    UNREADABLE,
+    ListingColumns,
+    adopt_client,
+    install_listing_parser,
+)
 
 _RETRYABLE_CODES = {
     "SlowDown",
@@ -52,26 +69,31 @@ def s3_client(
     convention applies: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then the AWS config file.
     The region is explicit, else AWS_REGION, AWS_DEFAULT_REGION or the profile's ('auto' for R2).
     Checksums are sent only when required (S3-compatible stores reject the newer defaults)
-    unless the environment or the profile says otherwise. Sends nothing.
+    unless the environment or the profile says otherwise. ListObjectsV2 answers are read into
+    Arrow columns (integrity.storage.s3_listing); every other part of the client is botocore's.
+    Sends nothing.
     """
     from botocore.config import Config
 
     from integrity import aws
 
     core = aws.botocore_session()
+    factory = install_listing_parser(core)
     scoped = core.get_scoped_config()
     checksums = {
         name: os.environ.get(variable) or scoped.get(name) or "when_required"
         for name, variable in _CHECKSUM_SETTINGS.items()
     }
     config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, **checksums)
-    return aws.client(
+    client = aws.client(
         "s3",
         core,
         endpoint_url=endpoint_url or None,
         region_name=region or aws.region(core),
         config=config,
     )
+    client._integrity_listing_stats = factory.stats
+    return adopt_client(client)
 
 
 class IncompleteAnswer(Exception):
@@ -98,9 +120,63 @@ _HEAD_FIELDS = ("ContentLength", "LastModified")
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
+        if err.get("Code") == UNREADABLE:
+            return str(err.get("Message", UNREADABLE))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
         return f"{err.get('Code', 'error')} (HTTP {status})"
     return type(exc).__name__
+
+
+class UndecodableKey(Exception):
+    """A URL-encoded key or prefix whose bytes are not UTF-8: no S3 key can be, and replacing
+    them (as botocore's decoding does) would list an object under a name it does not have."""
+
+
+def _unquote(value: str) -> str:
+    # As botocore's decode_list_object_v2 (unquote_plus), but refusing what is not UTF-8.
+    try:
+        return unquote_plus(value, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise UndecodableKey(f"the listed name {value[:200]!r} is not URL-encoded UTF-8") from None
+
+
+def _decoded(keys: pa.Array) -> pa.Array:
+    """Keys as named: URL encoding undone where there is any ('%', or '+' for a space)."""
+    encoded = pc.or_(pc.match_substring(keys, "%"), pc.match_substring(keys, "+"))
+    if not pc.any(encoded).as_py():
+        return keys
+    return pa.array(
+        [_unquote(k) if "%" in k or "+" in k else k for k in keys.to_pylist()], pa.string()
+    )
+
+
+def _columns_from_contents(contents: Any) -> ListingColumns:
+    """botocore's own reading of the Contents (a dict per object) as columns."""
+    return ListingColumns(
+        keys=pa.array([o["Key"] for o in contents], pa.string()),
+        sizes=pa.array([o.get("Size", 0) for o in contents], pa.int64()),
+        etags=pa.array([o.get("ETag", "") for o in contents], pa.string()),
+        last_modified=pa.array([o["LastModified"] for o in contents], pa.timestamp("us", tz="UTC")),
+    )
+
+
+def listing_page(response: dict[str, Any]) -> ListingPage:
+    """One ListObjectsV2 answer (asked with EncodingType=url) as a listing page: the columns the
+    listing parser read, or botocore's Contents when it read the body, with names decoded."""
+    columns = response.get(COLUMNS)
+    if columns is None:
+        columns = _columns_from_contents(response.get("Contents", ()))
+    prefixes = [p["Prefix"] for p in response.get("CommonPrefixes", ())]
+    keys = columns.keys
+    if response.get("EncodingType") == "url":
+        keys = _decoded(keys)
+        prefixes = [_unquote(p) for p in prefixes]
+    batch = pa.record_batch(
+        [keys, columns.sizes, columns.etags, columns.last_modified], schema=PAGE_SCHEMA
+    )
+    return ListingPage(
+        batch=batch, common_prefixes=prefixes, truncated=bool(response.get("IsTruncated"))
+    )
 
 
 class S3Storage:
@@ -171,10 +247,13 @@ class S3Storage:
     def list_pages(
         self, prefix: str = "", delimiter: str | None = None, *, start_after: str | None = None
     ) -> Iterator[ListingPage]:
+        # Asked explicitly, so botocore leaves the decoding to listing_page, for keys read by
+        # the listing parser and by botocore alike.
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": prefix,
             "MaxKeys": self.page_size,
+            "EncodingType": "url",
         }
         if delimiter:
             kwargs["Delimiter"] = delimiter
@@ -187,15 +266,11 @@ class S3Storage:
                 raise ListingFailed(
                     f"listing s3://{self.bucket}/{prefix} failed after {self.attempts} attempts: {_describe(exc)}"
                 ) from None
-            contents = response.get("Contents", ())
-            yield ListingPage(
-                keys=[o["Key"] for o in contents],
-                sizes=[o.get("Size", 0) for o in contents],
-                etags=[o.get("ETag", "") for o in contents],
-                last_modified=[o["LastModified"] for o in contents],
-                common_prefixes=[p["Prefix"] for p in response.get("CommonPrefixes", ())],
-                truncated=bool(response.get("IsTruncated")),
-            )
+            try:
+                page = listing_page(response)
+            except UndecodableKey as exc:
+                raise ListingFailed(f"listing s3://{self.bucket}/{prefix}: {exc}") from None
+            yield page
             # Stop on the truncated flag, never on the page size: R2 may return short pages.
             if not response.get("IsTruncated"):
                 return
