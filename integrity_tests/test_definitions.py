@@ -44,6 +44,7 @@ def _clean_env() -> dict[str, str]:
     }
 
 
+@pytest.mark.e2e
 def test_workspace_loads_offline_with_s3_configured(tmp_path: Path) -> None:
     """`dagster definitions validate` through workspace.yaml, with S3 at an unreachable endpoint.
 
