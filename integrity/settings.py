@@ -32,6 +32,8 @@ ENV_SPILL_DIR = "INTEGRITY_SPILL_DIR"
 
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
+# Every sensor's minimum interval in seconds (default: each sensor's own; see defs/intervals.py).
+ENV_SENSOR_INTERVAL = "INTEGRITY_SENSOR_INTERVAL_SECONDS"
 
 # The event-driven path (new_object_sensor, bucket_notification_sensor, requeue_sensor);
 # read at each tick by integrity.events.EventSettings.from_env.

@@ -118,6 +118,7 @@ def reconcile(
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
+@pytest.mark.e2e
 def test_planted_drift_alerts_once_per_failing_check_then_recovers(
     world: dict[str, Any], instance: dg.DagsterInstance, http_server: RecordingServer
 ) -> None:

@@ -127,6 +127,7 @@ def _row(engine: sa.Engine, row_id: str) -> tuple[str, str]:
     return tuple(row)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("backend", "case", "value", "reason"), REFERENCE_CASES)
 def test_a_stored_reference_that_names_no_object_is_one_finding(
     backend: str,

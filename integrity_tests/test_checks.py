@@ -1,9 +1,10 @@
-"""Asset checks: the core's judgements at and around their thresholds, then the Dagster checks
-materialized in-process with the reconciliation assets on real storage, SQLite and an instance.
+"""Asset checks: the core's judgements at and around their thresholds (and a spec file's
+thresholds over a real reconciliation), then the Dagster checks materialized in-process with the
+reconciliation assets on real storage, SQLite and an instance, once per path.
 
 Per-partition results, metadata (counts, at most five examples), inventory sanity across two
-materializations of one partition, an empty S3 bucket on moto, freshness with a tiny max_age
-(in a check run of its own and through its sensor), and one-line errors for bad `checks:`.
+materializations of one partition, an empty database side, freshness with a tiny max_age (in a
+check run of its own and through its sensor), and one-line errors for bad `checks:`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from integrity.checks import (
     PASSED,
     STORAGE_INVENTORY_CHECK,
     WARN,
+    evaluate_findings,
     evaluate_freshness,
     evaluate_inventory,
     evaluate_kind,
@@ -45,7 +47,9 @@ from integrity.defs.resources import DatabaseResource, SpecResource, StorageReso
 from integrity.diff import FINDING_KINDS, REPORT_ONLY_KINDS
 from integrity.errors import SpecError
 from integrity.inventory import ALL_TENANTS
+from integrity.reconcile import reconcile as reconcile_storage
 from integrity.spec import InventoryChecks, KindThresholds, default_spec, load_spec
+from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import EXPECTED
 
 REPORT = dg.AssetKey("reconciliation_report")
@@ -360,28 +364,32 @@ def test_each_partition_materialization_has_its_own_check_results(
 
 
 def test_thresholds_from_the_spec_file(
-    tmp_path: Path, sqlite_engine: sa.Engine, storage_root: Path, instance: dg.DagsterInstance
+    tmp_path: Path, sqlite_engine: sa.Engine, storage_root: Path
 ) -> None:
+    """The spec file's thresholds judge a real reconciliation, in the core: the Dagster checks
+    feed the same evaluate_findings (their wiring is the per-partition test above, and a spec
+    file reaching them is the freshness and bad-checks tests below)."""
     # __all__: 2 orphans of 9 objects, 1 stuck job of 1, 1 missing original and 1 missing
     # staged of 6 referencing rows, 1 plan behind of 1, 1 foreign reference.
-    spec = write_spec(
-        tmp_path,
-        checks={
-            "findings": {
-                "orphan_object": {"warn_above": 2, "error_above": 3},  # at warn: passes
-                "stuck_job": {"warn_above": 0, "error_above": 1},  # at error: warns
-                "missing_original": {"warn_above": "10%", "error_above": "16%"},  # 16.7%
-                "missing_staged": {"warn_above": "17%", "error_above": None},  # 16.7%
-                "progress_behind": {"warn_above": None, "error_above": "99%"},  # 100%
-                "foreign_reference": {"warn_above": 1, "error_above": None},
-            }
-        },
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            checks={
+                "findings": {
+                    "orphan_object": {"warn_above": 2, "error_above": 3},  # at warn: passes
+                    "stuck_job": {"warn_above": 0, "error_above": 1},  # at error: warns
+                    "missing_original": {"warn_above": "10%", "error_above": "16%"},  # 16.7%
+                    "missing_staged": {"warn_above": "17%", "error_above": None},  # 16.7%
+                    "progress_behind": {"warn_above": None, "error_above": "99%"},  # 100%
+                    "foreign_reference": {"warn_above": 1, "error_above": None},
+                }
+            },
+        )
     )
-    resources = make_resources(
-        tmp_path, sqlite_engine, StorageResource(storage_dir=str(storage_root)), spec
-    )
-    by_name = evaluations(reconcile(resources, instance, ALL_TENANTS))
-    assert {kind: level(by_name[kind]) for kind in FINDING_KINDS} == {
+    report = reconcile_storage(LocalStorage(storage_root), sqlite_engine, spec)
+    assert report.counts() == EXPECTED[ALL_TENANTS][0]
+    by_name = {outcome.check: outcome for outcome in evaluate_findings(report, spec)}
+    assert {kind: by_name[kind].level for kind in FINDING_KINDS} == {
         "orphan_object": PASSED,
         "stuck_job": WARN,
         "missing_original": ERROR,
@@ -391,58 +399,63 @@ def test_thresholds_from_the_spec_file(
         "normalization_mismatch": PASSED,
         "invalid_reference": PASSED,
     }
-    assert meta(by_name["missing_original"])["error_above"] == "16%"
-    assert meta(by_name["missing_staged"])["error_above"] == "never"
+    assert by_name["missing_original"].metadata["error_above"] == "16%"
+    assert by_name["missing_staged"].metadata["error_above"] == "never"
 
 
-def test_inventory_shrink_between_two_materializations_of_a_partition(
+def test_inventory_descriptions_say_empty_or_how_far_down() -> None:
+    """What the UI shows for the two failures: an empty side (a wrong bucket: an empty S3
+    bucket lists nothing) and a shrink since the previous materialization."""
+    empty = evaluate_inventory(
+        STORAGE_INVENTORY_CHECK, "objects listed", 0, None, InventoryChecks()
+    )
+    assert empty.level == ERROR
+    assert empty.description.startswith("objects listed: empty; the usual cause is a wrong bucket")
+    no_rows = evaluate_inventory(DB_INVENTORY_CHECK, "rows read", 0, 4, InventoryChecks())
+    assert no_rows.level == ERROR and no_rows.metadata["count"] == 0
+    assert no_rows.description.startswith("rows read: empty (previously 4)")
+    # 5 objects -> 3: down 40%, within the default 50%; 3 -> 1: down 67%.
+    within = evaluate_inventory(STORAGE_INVENTORY_CHECK, "objects listed", 3, 5, InventoryChecks())
+    assert within.level == PASSED and within.description == "objects listed: 3 (previously 5)"
+    down = evaluate_inventory(STORAGE_INVENTORY_CHECK, "objects listed", 1, 3, InventoryChecks())
+    assert down.level == ERROR
+    assert (down.metadata["count"], down.metadata["previous_count"]) == (1, 3)
+    assert down.metadata["max_shrink"] == "50%"
+    assert down.description.startswith("objects listed: 1, down 66.67% from 3")
+
+
+def test_inventory_check_compares_with_the_same_partitions_previous_materialization(
     resources: dict[str, Any], instance: dg.DagsterInstance, storage_root: Path
 ) -> None:
+    """The wiring of the shrink check: the count comes from the asset's metadata and the
+    previous count from the same partition's materialization before it (the arithmetic is
+    the core's, above)."""
     first = evaluations(reconcile(resources, instance, "org-1"))
     assert first[STORAGE_INVENTORY_CHECK].passed
     assert "previous_count" not in meta(first[STORAGE_INVENTORY_CHECK])
     # Another partition's materialization is never the comparison.
     reconcile(resources, instance, "proj-1")
 
-    # 5 objects -> 3: down 40%, within the default 50%.
+    # 5 objects -> 1: down 80% since the previous materialization of org-1.
     for key in ("documents/org-1/ok.pdf", "documents/org-1/orphan.pdf"):
         (storage_root / key).unlink()
-    second = evaluations(reconcile(resources, instance, "org-1"))[STORAGE_INVENTORY_CHECK]
-    assert second.passed
-    assert meta(second)["previous_count"] == 5 and meta(second)["count"] == 3
-
-    # 3 -> 1: down 67% since the previous materialization of org-1.
     shutil.rmtree(storage_root / "organizations")
-    third = evaluations(reconcile(resources, instance, "org-1"))[STORAGE_INVENTORY_CHECK]
-    assert level(third) == ERROR
-    assert (meta(third)["count"], meta(third)["previous_count"]) == (1, 3)
-    assert meta(third)["max_shrink"] == "50%"
-    assert third.description.startswith("objects listed: 1, down 66.67% from 3")
+    second = evaluations(reconcile(resources, instance, "org-1"))[STORAGE_INVENTORY_CHECK]
+    assert level(second) == ERROR
+    assert (meta(second)["count"], meta(second)["previous_count"]) == (1, 5)
+    assert meta(second)["max_shrink"] == "50%"
+    assert second.description.startswith("objects listed: 1, down 80% from 5")
 
 
-def test_empty_bucket_and_empty_database_side_fail(
-    tmp_path: Path,
-    moto_endpoint: str,
-    bucket: str,
-    sqlite_engine: sa.Engine,
-    storage_root: Path,
-    instance: dg.DagsterInstance,
+def test_a_tenant_with_files_and_no_rows_fails_the_database_side(
+    resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
-    # The rows are planted but the bucket is a fresh, empty one: the wrong-bucket case.
-    s3 = StorageResource(
-        bucket=bucket, endpoint_url=moto_endpoint, region_name="us-east-1", max_attempts=1
-    )
-    by_name = evaluations(reconcile(make_resources(tmp_path, sqlite_engine, s3), instance, "org-1"))
-    assert level(by_name[STORAGE_INVENTORY_CHECK]) == ERROR
-    assert by_name[STORAGE_INVENTORY_CHECK].description.startswith("objects listed: empty")
-    assert by_name[DB_INVENTORY_CHECK].passed
-    assert level(by_name["missing_original"]) == ERROR
-
-    # org-2 has an object in storage and no row at all.
-    local = make_resources(tmp_path, sqlite_engine, StorageResource(storage_dir=str(storage_root)))
-    by_name = evaluations(reconcile(local, instance, "org-2"))
+    """org-2 has an object in storage and no row at all: db_inventory_sane fails, with the
+    count the asset recorded (an empty side is the core's judgement, above)."""
+    by_name = evaluations(reconcile(resources, instance, "org-2"))
     assert level(by_name[DB_INVENTORY_CHECK]) == ERROR
     assert meta(by_name[DB_INVENTORY_CHECK])["count"] == 0
+    assert by_name[DB_INVENTORY_CHECK].description.startswith("rows read: empty")
     assert by_name[STORAGE_INVENTORY_CHECK].passed
 
 

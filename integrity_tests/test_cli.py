@@ -68,6 +68,7 @@ def summary_of(result: subprocess.CompletedProcess[str]) -> dict:
 # --------------------------------------------------------------------------- reports
 
 
+@pytest.mark.e2e
 def test_json_summary_has_every_kind_with_the_planted_counts(
     demo: DemoEnvironment, tmp_path: Path
 ) -> None:
@@ -82,6 +83,7 @@ def test_json_summary_has_every_kind_with_the_planted_counts(
     assert all(set(e) == {"kind", "key", "row_id", "detail"} for e in summary["examples"])
 
 
+@pytest.mark.e2e
 def test_embedded_defaults_find_the_demo_and_print_a_summary(
     demo: DemoEnvironment, tmp_path: Path
 ) -> None:
@@ -96,6 +98,7 @@ def test_embedded_defaults_find_the_demo_and_print_a_summary(
     assert "\r" not in result.stderr  # no progress line when stderr is not a terminal
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_report_file_has_one_line_per_finding(
     demo: DemoEnvironment, tmp_path: Path, suffix: str
@@ -126,6 +129,7 @@ def test_report_file_has_one_line_per_finding(
     }
 
 
+@pytest.mark.e2e
 def test_human_summary_lists_the_report_file(demo: DemoEnvironment, tmp_path: Path) -> None:
     result = reconcile(demo, "--report", str(tmp_path / "r.csv"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -136,12 +140,14 @@ def test_human_summary_lists_the_report_file(demo: DemoEnvironment, tmp_path: Pa
 # --------------------------------------------------------------------------- filters and ages
 
 
+@pytest.mark.e2e
 def test_tenant_filter(demo: DemoEnvironment, tmp_path: Path) -> None:
     summary = summary_of(reconcile(demo, "--json", "--tenant", "org-globex", cwd=tmp_path))
     assert summary["scope"] == "org-globex"
     assert {k: n for k, n in summary["findings"].items() if n} == EXPECTED_BY_TENANT["org-globex"]
 
 
+@pytest.mark.e2e
 def test_status_filter(demo: DemoEnvironment, tmp_path: Path) -> None:
     failed = summary_of(reconcile(demo, "--json", "--status", "failed", cwd=tmp_path))
     assert {k: n for k, n in failed["findings"].items() if n} == {"orphan_object": 1}
@@ -153,6 +159,7 @@ def test_status_filter(demo: DemoEnvironment, tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.e2e
 def test_durations_change_the_results(demo: DemoEnvironment, tmp_path: Path) -> None:
     """The fresh upload becomes an orphan at min-age 0; the one-hour job is stuck after 30m."""
     eager = summary_of(
@@ -217,6 +224,7 @@ def _bad_spec(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "args", "code", "expected"),
     [
@@ -306,6 +314,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(
 # --------------------------------------------------------------------------- S3 (moto's server)
 
 
+@pytest.mark.e2e
 def test_missing_bucket_is_one_line(
     moto_endpoint: str, tmp_path: Path, demo: DemoEnvironment
 ) -> None:
@@ -325,6 +334,7 @@ def test_missing_bucket_is_one_line(
     )
 
 
+@pytest.mark.e2e
 def test_reconcile_against_s3(moto_endpoint: str, s3_client, bucket: str, tmp_path: Path) -> None:
     """--bucket with --endpoint-url (and AWS_ENDPOINT_URL) through S3Resource, over HTTP."""
     for key in ("documents/org-a/done.pdf", "documents/org-a/orphan.pdf", "photos/p 1.jpg"):
@@ -384,6 +394,7 @@ def test_reconcile_against_s3(moto_endpoint: str, s3_client, bucket: str, tmp_pa
     assert by_env["findings"] == by_flag["findings"]
 
 
+@pytest.mark.e2e
 def test_help_is_fast_and_does_not_import_dagster(tmp_path: Path) -> None:
     code = (
         "import sys; from integrity.cli import main\n"

@@ -638,6 +638,7 @@ def test_bad_database_url_is_one_line_without_the_password(
 # --------------------------------------------------------------------------- as a real process
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "argv", "expected"),
     [

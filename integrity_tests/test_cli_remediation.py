@@ -205,6 +205,7 @@ def test_cli_kinds_match_the_core() -> None:
 # --------------------------------------------------------------------------- refusals
 
 
+@pytest.mark.e2e
 def test_apply_without_the_opt_in_is_refused_before_any_work(demo: Demo, tmp_path: Path) -> None:
     engine = demo.engine()
     before = snapshot(engine)
@@ -233,6 +234,7 @@ def test_apply_without_the_opt_in_is_refused_before_any_work(demo: Demo, tmp_pat
     engine.dispose()
 
 
+@pytest.mark.e2e
 def test_circuit_breaker_on_a_wrong_storage_is_one_line_and_force_overrides(
     demo: Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,6 +334,7 @@ def test_bad_flags_are_one_line_and_exit_2_before_any_work(
     engine.dispose()
 
 
+@pytest.mark.e2e
 def test_rollback_usage_error_in_a_subprocess(tmp_path: Path) -> None:
     result = subprocess_integrity("rollback", cwd=tmp_path)
     assert result.returncode == 2
@@ -819,6 +822,7 @@ def _runs(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, dict[str, A
     return {r["run_id"]: r for r in json.loads(out)["runs"]}
 
 
+@pytest.mark.e2e
 def test_a_killed_apply_is_listed_as_interrupted_recorded_by_the_next_apply_and_rolled_back(
     engine: sa.Engine,
     tmp_path: Path,

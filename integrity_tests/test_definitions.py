@@ -15,8 +15,10 @@ import dagster as dg
 import pytest
 
 from integrity import settings
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, resources_from_env
+from integrity.errors import UsageError
 from integrity.storage import LocalStorage, S3Storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,7 @@ def _clean_env() -> dict[str, str]:
     }
 
 
+@pytest.mark.e2e
 def test_workspace_loads_offline_with_s3_configured(tmp_path: Path) -> None:
     """`dagster definitions validate` through workspace.yaml, with S3 at an unreachable endpoint.
 
@@ -107,6 +110,27 @@ def test_job_schedule_and_sensor_are_pinned(defs: dg.Definitions) -> None:
     sensor = defs.resolve_sensor_def("tenant_discovery_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert 30 <= sensor.minimum_interval_seconds <= 600
+
+
+def test_sensor_interval_override_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset, each sensor keeps its own interval; set, every sensor uses it (a test instance
+    sets a few seconds, see test_instance_e2e); a bad value is one line naming the variable."""
+    monkeypatch.delenv(settings.ENV_SENSOR_INTERVAL, raising=False)
+    assert sensor_interval(60) == 60
+    monkeypatch.setenv(settings.ENV_SENSOR_INTERVAL, "")
+    assert sensor_interval(900) == 900
+    monkeypatch.setenv(settings.ENV_SENSOR_INTERVAL, " 5 ")
+    assert (sensor_interval(60), sensor_interval(900)) == (5, 5)
+    for bad in ("0", "-3", "2.5", "soon"):
+        monkeypatch.setenv(settings.ENV_SENSOR_INTERVAL, bad)
+        with pytest.raises(UsageError) as caught:
+            sensor_interval(30)
+        assert str(caught.value) == (
+            f"INTEGRITY_SENSOR_INTERVAL_SECONDS={bad!r} is not a sensor interval: use a whole "
+            "number of seconds, at least 1, e.g. '30' (unset, each sensor keeps its own)"
+        )
 
 
 def test_resources_default_to_the_embedded_demo(

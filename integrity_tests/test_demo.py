@@ -49,6 +49,7 @@ def storage(home: Path) -> Path:
     return demo_paths(home)[1]
 
 
+@pytest.mark.e2e
 def test_demo_reports_every_kind_with_the_planted_counts(
     built: subprocess.CompletedProcess[str],
 ) -> None:
@@ -60,6 +61,7 @@ def test_demo_reports_every_kind_with_the_planted_counts(
     assert "dagster dev" in built.stderr
 
 
+@pytest.mark.e2e
 def test_demo_plants_a_malformed_reference_reported_with_row_column_and_reason(
     built: subprocess.CompletedProcess[str], home: Path
 ) -> None:
@@ -84,6 +86,7 @@ def test_demo_plants_a_malformed_reference_reported_with_row_column_and_reason(
     assert url.startswith("http://[::1/")
 
 
+@pytest.mark.e2e
 def test_demo_summary_without_json(built: subprocess.CompletedProcess[str], home: Path) -> None:
     """--no-reset keeps the built demo and reconciles it again, printing the readable summary."""
     result = run_demo(home, "--no-reset")
@@ -116,6 +119,7 @@ def _dzi(path: Path) -> tuple[int, int, int, int]:
     return get["Width"], get["Height"], get["TileSize"], get["Overlap"]
 
 
+@pytest.mark.e2e
 def test_pyramids_match_their_deep_zoom_geometry(
     built: subprocess.CompletedProcess[str], home: Path
 ) -> None:
@@ -150,6 +154,7 @@ def test_pyramids_match_their_deep_zoom_geometry(
         assert math.ceil(width / 2**top) == math.ceil(height / 2**top) == 1  # level 0 is one pixel
 
 
+@pytest.mark.e2e
 def test_plans_rows_and_descriptors(built: subprocess.CompletedProcess[str], home: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{demo_paths(home)[0]}")
     with engine.connect() as conn:
@@ -171,6 +176,7 @@ def test_plans_rows_and_descriptors(built: subprocess.CompletedProcess[str], hom
     assert behind == ["plan-depot-site"]
 
 
+@pytest.mark.e2e
 def test_uploads_are_valid_pdfs(built: subprocess.CompletedProcess[str], home: Path) -> None:
     pdfs = sorted(storage(home).glob("documents/**/*.pdf"))
     assert len(pdfs) >= 15
@@ -186,6 +192,7 @@ def test_uploads_are_valid_pdfs(built: subprocess.CompletedProcess[str], home: P
         assert data.count(b"/Type /Page ") == count >= 1
 
 
+@pytest.mark.e2e
 def test_images_use_every_url_form_and_are_real_jpegs(
     built: subprocess.CompletedProcess[str], home: Path
 ) -> None:
@@ -216,6 +223,7 @@ def test_images_use_every_url_form_and_are_real_jpegs(
     assert (image.width, image.height, image.bands) == (1280, 960, 3)
 
 
+@pytest.mark.e2e
 def test_planted_ages(built: subprocess.CompletedProcess[str], home: Path) -> None:
     import time
 
@@ -227,6 +235,7 @@ def test_planted_ages(built: subprocess.CompletedProcess[str], home: Path) -> No
     assert age("documents/org-acme/drawings/elevations.pdf") > 36 * 3600
 
 
+@pytest.mark.e2e
 def test_rebuild_resets_and_is_deterministic(
     built: subprocess.CompletedProcess[str], home: Path, tmp_path: Path
 ) -> None:
@@ -249,6 +258,7 @@ def test_rebuild_resets_and_is_deterministic(
     assert digests(storage(other)) == digests(storage(home))
 
 
+@pytest.mark.e2e
 def test_refuses_to_reset_files_it_did_not_make(tmp_path: Path) -> None:
     precious = storage(tmp_path / "home") / "keep.txt"
     precious.parent.mkdir(parents=True)

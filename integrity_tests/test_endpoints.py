@@ -271,6 +271,7 @@ def every_path_reaches_its_server(
         assert sorted(keys) == expected, sensor.name
 
 
+@pytest.mark.e2e
 def test_with_only_aws_endpoint_url_the_queue_is_on_the_server_its_url_names(
     servers: Servers,
     moto_endpoint: str,
@@ -293,6 +294,7 @@ def test_with_only_aws_endpoint_url_the_queue_is_on_the_server_its_url_names(
     every_path_reaches_its_server(servers, instance, capsys)
 
 
+@pytest.mark.e2e
 def test_service_endpoints_win_over_aws_endpoint_url_and_the_queue_url(
     servers: Servers,
     moto_endpoint: str,

@@ -47,6 +47,9 @@ from integrity.storage import S3Storage
 from integrity_tests.pdfs import make_pdf
 from integrity_tests.test_events import r2_message, s3_message
 
+# Whole event loops (sensors, runs, the nightly reconciliation) in one test each: slow.
+pytestmark = pytest.mark.e2e
+
 ORG = "org-1"
 PAGES = [(300.0, 200.0), (200.0, 300.0), (150.0, 100.0)]  # points; 150 dpi: 625x417 px, ...
 # Dagster's own tags for a sensor's runs (what the daemon matches run keys on).

@@ -10,8 +10,19 @@ notification sensors, remediation runs kept apart by the run queue and a re-queu
 The local instance (dagster.yaml, SQLite) gets a smoke test.
 
 The production tests are one story on one instance, in file order: each starts from what the
-ones before it left (and the slow waits, for the schedule's minute and the sensors' intervals,
-overlap where they can). Each waits with a limit and fails with the tails of both logs.
+ones before it left. Each waits with a limit and fails with the tails of both logs and the
+reasons of any failed run.
+
+What the story waits for is chosen, not sat out: the instance's sensors tick every
+SENSOR_SECONDS (INTEGRITY_SENSOR_INTERVAL_SECONDS, asserted as the UI shows it), so a wait for
+"a tick after this moment" lasts seconds, not a sensor's production interval; the schedule's cron
+is every minute, and its one wait for the next minute overlaps the backfills launched before it.
+Each path is proven once by the daemon itself: a scheduled run, sensor runs, two backfills, an
+alert once and a recovery once. Evaluations at chosen times (build_schedule_context,
+build_sensor_context) are in test_schedules, test_alert_sensors and test_event_sensors.
+
+Every test here starts real processes: the module is marked `e2e` (`pytest -m "not e2e"` is the
+quick loop; CI runs everything).
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ from integrity_tests.instance_harness import (
 # Each wait below fails once the instance has stood still for its timeout (see
 # RunningInstance.wait_for); on a loaded machine a test lasts as long as its runs take, so the
 # limit per test is wider than the default.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPORT = "reconciliation_report"
 GROUP_ASSETS = ["db_inventory", "storage_inventory", REPORT]
@@ -82,6 +93,9 @@ NOTIFIED_UPLOAD = f"documents/{NOTIFIED_TENANT}/notified plan.pdf"
 ORG2_ORPHAN = "documents/org-2/orphan.pdf"
 MISSING_ORIGINAL = "documents/org-1/missing.pdf"
 WEBHOOK_TOKEN = "e2e-" + uuid.uuid4().hex
+# Every sensor's minimum interval on the production instance; the daemon's sensor loop itself
+# runs every 5 s, so a shorter one would change nothing.
+SENSOR_SECONDS = 5
 
 
 # --------------------------------------------------------------------------- the world
@@ -405,7 +419,8 @@ def webhook() -> Iterator[WebhookReceiver]:
 def production(
     s3_world: S3World, webhook: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningInstance]:
-    """The production dagster.yaml on a scratch PostgreSQL database, the schedule every minute."""
+    """The production dagster.yaml on a scratch PostgreSQL database, the schedule every minute,
+    every sensor every SENSOR_SECONDS."""
     if not POSTGRES_URL:
         pytest.skip("INTEGRITY_TEST_POSTGRES_URL is not set")
     with scratch_database() as dagster_pg_url:
@@ -423,6 +438,7 @@ def _production_instance(
         **s3_world.env,
         "DAGSTER_POSTGRES_URL": dagster_pg_url,
         "INTEGRITY_RECONCILE_CRON": "* * * * *",
+        "INTEGRITY_SENSOR_INTERVAL_SECONDS": str(SENSOR_SECONDS),
         "INTEGRITY_ALERT_WEBHOOK_URL": webhook.url,
         "INTEGRITY_UI_BASE_URL": f"http://{HOST}:{port}",
     }
@@ -453,12 +469,42 @@ def _log_tails_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         if name in request.fixturenames and reporter is not None:
             running: RunningInstance = request.getfixturevalue(name)
             reporter.write_line(f"{name}:\n{running.log_tails()}")
+    if "instance" in request.fixturenames and reporter is not None:
+        reporter.write_line(failed_run_reasons(request.getfixturevalue("instance")))
+
+
+def failed_run_reasons(instance: dg.DagsterInstance) -> str:
+    """Each failed run's job, partition and failure messages: why, when a story step fails."""
+    lines = []
+    failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    for run in failed:
+        lines.append(f"failed run {run.run_id} {run.job_name} {dict(run.tags)}")
+        for event in instance.all_logs(run.run_id):
+            if event.dagster_event is not None and event.dagster_event.event_type in {
+                dg.DagsterEventType.STEP_FAILURE,
+                dg.DagsterEventType.RUN_FAILURE,
+                dg.DagsterEventType.ENGINE_EVENT,
+            }:
+                lines.append(f"  {event.dagster_event.event_type_value}: {event.message}")
+    return "\n".join(lines) or "no failed runs"
 
 
 def test_instance_storage_is_postgresql(instance: dg.DagsterInstance) -> None:
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+
+
+def test_the_daemon_runs_every_sensor_at_the_interval_the_test_set(
+    production: RunningInstance,
+) -> None:
+    """INTEGRITY_SENSOR_INTERVAL_SECONDS reached the code location the UI and the daemon load."""
+    from integrity.definitions import defs
+
+    names = sorted(sensor.name for sensor in defs.sensors or [])
+    assert len(names) == 8
+    intervals = {name: production.sensor(name)["minIntervalSeconds"] for name in names}
+    assert intervals == dict.fromkeys(names, SENSOR_SECONDS)
 
 
 def test_tenant_discovery_sensor_adds_the_tenants(

@@ -468,6 +468,7 @@ def _count_audit(engine: sa.Engine) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "hang_after", [3, 6], ids=["killed-in-a-create_job-batch", "killed-in-a-mark_error-batch"]
 )

@@ -557,6 +557,7 @@ def test_tenant_partition_requeues_through_sqs_on_moto(
     assert "testing" not in repr(meta)
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("allow_writes")
 def test_a_killed_remediation_is_named_recorded_as_failed_and_rolled_back(
     defs: dg.Definitions,

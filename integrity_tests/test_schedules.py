@@ -207,6 +207,7 @@ def test_a_bad_cron_is_one_line_naming_the_variable(cron: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.e2e
 def test_a_bad_cron_stops_the_code_location_from_loading(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEGRITY_", "DAGSTER_"))}
     env.update(

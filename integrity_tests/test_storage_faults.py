@@ -148,6 +148,7 @@ def _statuses(engine: sa.Engine) -> dict[str, list[tuple]]:
         return out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fault", FAULTS)
 def test_ten_percent_of_faults_change_no_finding_and_no_write(
     fault: str, moto_endpoint: str, planted: Planted
@@ -176,6 +177,7 @@ def test_ten_percent_of_faults_change_no_finding_and_no_write(
         assert _written(faulty_db) == _written(direct_db)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fault", FAULTS)
 def test_all_faults_give_an_incomplete_report_and_no_write(
     fault: str, moto_endpoint: str, planted: Planted

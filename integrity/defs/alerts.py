@@ -35,6 +35,7 @@ from integrity.alerts import (
     run_url,
 )
 from integrity.alerts.message import MAX_EXAMPLES
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.jobs import reconcile_job
 from integrity.defs.processing import PROCESS_JOB, processing_jobs
 from integrity.defs.remediation import remediation_jobs
@@ -354,7 +355,7 @@ def _send_with(context: Any, destinations: Sequence[Destination]):
 
 @dg.sensor(
     name=CHECK_ALERT_SENSOR,
-    minimum_interval_seconds=TICK_SECONDS,
+    minimum_interval_seconds=sensor_interval(TICK_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def check_alert_sensor(
@@ -410,7 +411,7 @@ def failure_reason(context: dg.RunFailureSensorContext) -> str:
 @dg.run_failure_sensor(
     name=RUN_FAILURE_ALERT_SENSOR,
     monitored_jobs=_alerted_jobs(),
-    minimum_interval_seconds=TICK_SECONDS,
+    minimum_interval_seconds=sensor_interval(TICK_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def run_failure_alert_sensor(

@@ -40,6 +40,7 @@ from integrity.defs.assets import (
     reconciliation_report,
     storage_inventory,
 )
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.partitions import TENANTS, tenant_partitions
 from integrity.defs.remediation import load_report
@@ -275,7 +276,7 @@ def _cursor(raw: str | None) -> dict[str, Any]:
 @dg.sensor(
     name=FRESHNESS_SENSOR,
     job=freshness_job,
-    minimum_interval_seconds=FRESHNESS_INTERVAL_SECONDS,
+    minimum_interval_seconds=sensor_interval(FRESHNESS_INTERVAL_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def reconciliation_freshness_sensor(

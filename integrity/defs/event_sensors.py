@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from dagster import SensorEvaluationContext
 
 from integrity import settings
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.processing import PROCESS_JOB, process_run_config
 from integrity.defs.resources import (
     DatabaseResource,
@@ -112,7 +113,7 @@ def _poll_line(result: PollResult) -> str:
 @dg.sensor(
     name=NEW_OBJECT_SENSOR,
     job_name=PROCESS_JOB,
-    minimum_interval_seconds=INTERVAL_SECONDS,
+    minimum_interval_seconds=sensor_interval(INTERVAL_SECONDS),
     default_status=_status_when_set(settings.ENV_WATCH_PREFIXES),
 )
 def new_object_sensor(
@@ -197,7 +198,7 @@ def _drain(context: SensorEvaluationContext, inbox: SqsInbox, owed: list[str]) -
 @dg.sensor(
     name=NOTIFICATION_SENSOR,
     job_name=PROCESS_JOB,
-    minimum_interval_seconds=INTERVAL_SECONDS,
+    minimum_interval_seconds=sensor_interval(INTERVAL_SECONDS),
     default_status=_status_when_set(settings.ENV_EVENTS_QUEUE_URL),
 )
 def bucket_notification_sensor(
@@ -328,7 +329,7 @@ def _requeue_requests(entries: Iterable[dict]) -> list[dg.RunRequest]:
 @dg.sensor(
     name=REQUEUE_SENSOR,
     job_name=PROCESS_JOB,
-    minimum_interval_seconds=INTERVAL_SECONDS,
+    minimum_interval_seconds=sensor_interval(INTERVAL_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def requeue_sensor(

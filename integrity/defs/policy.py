@@ -21,6 +21,7 @@ from dagster import SensorEvaluationContext
 
 from integrity.checks import DB_INVENTORY_CHECK, STORAGE_INVENTORY_CHECK
 from integrity.defs.checks import REPORT_KEY, freshness_sensors
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.remediation import REMEDIATE_JOB
 from integrity.defs.resources import SpecResource
 from integrity.diff import ReconciliationReport
@@ -110,7 +111,7 @@ def _snapshot_path(record: Any) -> str | None:
 @dg.sensor(
     name=AUTO_REMEDIATION_SENSOR,
     job_name=REMEDIATE_JOB,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval(30),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def auto_remediation_sensor(

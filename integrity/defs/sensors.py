@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster import SensorEvaluationContext
 
+from integrity.defs.intervals import sensor_interval
 from integrity.defs.partitions import TENANTS, DiscoveryFailed, discover, tenant_partitions
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.inventory import ALL_TENANTS
@@ -14,7 +15,7 @@ DISCOVERY_INTERVAL_SECONDS = 60
 
 @dg.sensor(
     name="tenant_discovery_sensor",
-    minimum_interval_seconds=DISCOVERY_INTERVAL_SECONDS,
+    minimum_interval_seconds=sensor_interval(DISCOVERY_INTERVAL_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def tenant_discovery_sensor(
