@@ -52,7 +52,7 @@ from integrity_tests.test_shards import (
 )
 from integrity_tests.world import World
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SCHEMA = "dagster_shards"
 SHARDS = 4
