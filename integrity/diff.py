@@ -164,7 +164,7 @@ class ReconciliationReport:
         meta["generated_at"] = datetime.fromisoformat(meta["generated_at"])
         if meta.get("storage_as_of"):
             meta["storage_as_of"] = datetime.fromisoformat(meta["storage_as_of"])
-        return cls(findings=_typed_findings(frame), **meta)
+        return cls(findings=typed_findings(frame), **meta)
 
     def export(self, path: str | Path) -> Path:
         """Write one line per finding: .csv or .jsonl, with the export columns."""
@@ -185,7 +185,7 @@ class ReconciliationReport:
 # --------------------------------------------------------------------------- the diff
 
 
-def _typed_findings(findings: pd.DataFrame) -> pd.DataFrame:
+def typed_findings(findings: pd.DataFrame) -> pd.DataFrame:
     """One set of column types for fresh and loaded reports: text columns are objects with None
     for missing (never NaN), updated_at is UTC, expected a nullable integer."""
     findings = findings.copy()
@@ -198,7 +198,7 @@ def _typed_findings(findings: pd.DataFrame) -> pd.DataFrame:
     return findings
 
 
-def _findings(**columns: Any) -> pd.DataFrame:
+def findings_frame(**columns: Any) -> pd.DataFrame:
     frame = pd.DataFrame(columns)
     for column in FINDING_COLUMNS:
         if column not in frame:
@@ -230,7 +230,7 @@ class _ObjectIndex:
 
 
 @dataclass
-class _RowEmitter:
+class RowEmitter:
     """Appends findings about rows of one table's reference column."""
 
     out: list[pd.DataFrame]
@@ -245,7 +245,7 @@ class _RowEmitter:
             return
         part = self.rows.loc[where]
         self.out.append(
-            _findings(
+            findings_frame(
                 kind=kind,
                 table=self.table,
                 column=self.column,
@@ -294,7 +294,7 @@ def _missing_references(
             unresolved = parsed["key"].isna()
             found = index.contains(parsed["key"]) | index.contains(parsed["alternative"])
             candidates = ~foreign & ~found & ~unresolved & judged.loc[sel.index]
-            emit = _RowEmitter(out, sel, t.table, ref.column)
+            emit = RowEmitter(out, sel, t.table, ref.column)
             emit(
                 "invalid_reference",
                 invalid,
@@ -385,7 +385,6 @@ def _unprocessed_uploads(
     last_seen = merged["last_modified"].where(
         job_updated.isna() | (merged["last_modified"] >= job_updated), job_updated
     )
-    tenant = merged["key"].str.extract(template_regex(uploads.prefix))["tenant"]
     jobs_spec = spec.jobs
     requeue = jobs_spec.requeue_statuses if jobs_spec else []
     processing = jobs_spec.processing_statuses if jobs_spec else []
@@ -397,8 +396,23 @@ def _unprocessed_uploads(
     started = started.where(started.notna(), job_updated)
     is_stuck = merged["job_status"].isin(processing) & (now - started > options.stuck_after)
 
+    return upload_findings(merged, is_orphan, is_stuck, started, spec)
+
+
+def upload_findings(
+    merged: pd.DataFrame,
+    is_orphan: pd.Series,
+    is_stuck: pd.Series,
+    started: pd.Series,
+    spec: ReconciliationSpec,
+) -> list[pd.DataFrame]:
+    """orphan_object and stuck_job findings from uploads merged with their jobs (columns key,
+    job_status, job_updated_at), given which are orphans or stuck and when each job started."""
+    uploads = spec.uploads
+    assert uploads is not None
+    tenant = merged["key"].str.extract(template_regex(uploads.prefix))["tenant"]
+    job_table = spec.jobs.table if spec.jobs else None
     out = []
-    job_table = jobs_spec.table if jobs_spec else None
     for kind, where, detail in (
         (
             "orphan_object",
@@ -419,7 +433,7 @@ def _unprocessed_uploads(
             continue
         part = merged.loc[where]
         out.append(
-            _findings(
+            findings_frame(
                 kind=kind,
                 table=job_table,
                 row_id=part["key"].to_numpy(),
@@ -460,7 +474,7 @@ def _progress_behind(
         for c, e, t in zip(behind["completed"], behind["expected"], behind["total"])
     ]
     return [
-        _findings(
+        findings_frame(
             kind="progress_behind",
             table=plans_spec.table,
             row_id=behind["plan"].to_numpy(),
@@ -498,7 +512,7 @@ def diff_inventories(
     parts += _missing_references(db, spec, index, storage.bucket, storage.backend, as_of)
     parts += _progress_behind(storage, db, spec)
     parts = [p for p in parts if not p.empty]
-    findings = pd.concat(parts, ignore_index=True) if parts else _findings()
+    findings = pd.concat(parts, ignore_index=True) if parts else findings_frame()
 
     if options.status is not None:
         findings = findings.loc[findings["status"] == options.status]
@@ -509,7 +523,7 @@ def diff_inventories(
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-    findings = _typed_findings(findings)
+    findings = typed_findings(findings)
 
     reasons = [f"storage: {e}" for e in storage.errors] + [f"database: {e}" for e in db.errors]
     return ReconciliationReport(

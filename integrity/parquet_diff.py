@@ -48,14 +48,15 @@ from integrity.diff import (
     FINDING_KINDS,
     DiffOptions,
     ReconciliationReport,
-    _findings,
-    _RowEmitter,
-    _typed_findings,
+    RowEmitter,
+    findings_frame,
+    typed_findings,
+    upload_findings,
 )
 from integrity.errors import IntegrityError, UsageError
 from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
 from integrity.keys import BACKENDS, S3_MAX_KEY_BYTES, normalized_array, usable_references
-from integrity.spec import ReconciliationSpec, template_regex
+from integrity.spec import ReconciliationSpec
 
 DEFAULT_MEMORY_SHARE = 0.25
 """The engine's memory limit when INTEGRITY_MEMORY_LIMIT is unset: this share of the machine's
@@ -869,7 +870,7 @@ def _assemble(
             if not mask.any():
                 continue
             sel = unfound.loc[mask].rename(columns={"reference": ref.column})
-            emit = _RowEmitter(out, sel, t.table, ref.column)
+            emit = RowEmitter(out, sel, t.table, ref.column)
             parsed_key = sel["key"]
             problem = sel["problem"]
             emit(
@@ -908,7 +909,7 @@ def _assemble(
         out.append(_progress_findings(behind, spec))
 
     parts = [p for p in out if not p.empty]
-    findings = pd.concat(parts, ignore_index=True) if parts else _findings()
+    findings = pd.concat(parts, ignore_index=True) if parts else findings_frame()
     if options.status is not None:
         findings = findings.loc[findings["status"] == options.status]
     order = {kind: i for i, kind in enumerate(FINDING_KINDS)}
@@ -918,51 +919,19 @@ def _assemble(
         .drop(columns="_order")
         .reset_index(drop=True)
     )
-    return _typed_findings(findings)
+    return typed_findings(findings)
 
 
 def _upload_findings(merged: pd.DataFrame, spec: ReconciliationSpec) -> list[pd.DataFrame]:
-    uploads = spec.uploads
-    assert uploads is not None
     if merged.empty:
         return []
-    tenant = merged["key"].str.extract(template_regex(uploads.prefix))["tenant"]
-    started = merged["started"]
-    job_table = spec.jobs.table if spec.jobs else None
-    out = []
-    for kind, where, detail in (
-        (
-            "orphan_object",
-            merged["is_orphan"].astype(bool),
-            "no "
-            + uploads.processed_table
-            + " row; job "
-            + merged["job_status"].fillna("absent").astype("object"),
-        ),
-        (
-            "stuck_job",
-            merged["is_stuck"].astype(bool),
-            "job processing since "
-            + started.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("?").astype("object"),
-        ),
-    ):
-        if not where.any():
-            continue
-        part = merged.loc[where]
-        out.append(
-            _findings(
-                kind=kind,
-                table=job_table,
-                row_id=part["key"].to_numpy(),
-                key=part["key"].to_numpy(),
-                tenant=tenant.loc[where].to_numpy(),
-                action=ACTIONS[kind],
-                detail=detail.loc[where].to_numpy(),
-                status=part["job_status"].to_numpy(),
-                updated_at=part["job_updated_at"].to_numpy(),
-            )
-        )
-    return out
+    return upload_findings(
+        merged,
+        merged["is_orphan"].astype(bool),
+        merged["is_stuck"].astype(bool),
+        merged["started"],
+        spec,
+    )
 
 
 def _progress_findings(behind: pd.DataFrame, spec: ReconciliationSpec) -> pd.DataFrame:
@@ -973,7 +942,7 @@ def _progress_findings(behind: pd.DataFrame, spec: ReconciliationSpec) -> pd.Dat
         f"{plans_spec.completed} {c} < {e} descriptors in storage (of {t} pages)"
         for c, e, t in zip(behind["completed"], behind["expected"], behind["total"])
     ]
-    return _findings(
+    return findings_frame(
         kind="progress_behind",
         table=plans_spec.table,
         row_id=behind["plan"].to_numpy(),
