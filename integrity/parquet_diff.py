@@ -49,6 +49,7 @@ from integrity.diff import (
     DiffOptions,
     ReconciliationReport,
     RowEmitter,
+    diff_inventories,
     findings_frame,
     typed_findings,
     upload_findings,
@@ -113,6 +114,10 @@ def parse_memory_limit(text: str, *, where: str = settings.ENV_MEMORY_LIMIT) -> 
     return size
 
 
+IN_MEMORY_BELOW = 200_000
+"""Objects plus rows under which the in-memory diff is used (it holds both as frames)."""
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """What the engine may use: memory (bytes), where it spills, and how many threads."""
@@ -121,13 +126,49 @@ class EngineLimits:
     spill_root: Path | None = None
     """The directory a spill directory is made in (None: the system's temporary directory)."""
     threads: int | None = None
+    in_memory_below: int = IN_MEMORY_BELOW
+    """Inventories of fewer objects plus rows are diffed in memory by the frame engine, which
+    gives the same findings without the engine's start-up (about a second); 0: never."""
 
     @classmethod
     def from_env(cls) -> EngineLimits:
         raw = os.environ.get(settings.ENV_MEMORY_LIMIT, "").strip()
         limit = parse_memory_limit(raw) if raw else int(machine_memory() * DEFAULT_MEMORY_SHARE)
         spill = os.environ.get(settings.ENV_SPILL_DIR, "").strip()
-        return cls(memory_limit=limit, spill_root=Path(spill).expanduser() if spill else None)
+        below = os.environ.get(settings.ENV_DIFF_IN_MEMORY_BELOW, "").strip()
+        if below and not below.isdigit():
+            raise UsageError(
+                f"{settings.ENV_DIFF_IN_MEMORY_BELOW}: {below!r} is not a whole number of items"
+            )
+        return cls(
+            memory_limit=limit,
+            spill_root=Path(spill).expanduser() if spill else None,
+            in_memory_below=int(below) if below else IN_MEMORY_BELOW,
+        )
+
+
+def diff_any_size(
+    storage: StorageInventory,
+    db: DatabaseInventory,
+    spec: ReconciliationSpec,
+    options: DiffOptions | None = None,
+    *,
+    limits: EngineLimits | None = None,
+) -> ReconciliationReport:
+    """The diff reconcile and the report asset run: small inventories in memory (the frame
+    engine), the rest out of core under the memory limit (diff_parquet). The two give the same
+    findings, which the differential test holds them to."""
+    limits = limits or EngineLimits.from_env()
+    if storage.count + db.rows >= limits.in_memory_below:
+        return diff_parquet(storage, db, spec, options, limits=limits)
+    started = time.perf_counter()
+    report = diff_inventories(storage, db, spec, options)
+    report.timings.update(
+        engine_seconds=time.perf_counter() - started,
+        memory_limit_bytes=float(limits.memory_limit),
+        spill_peak_bytes=0.0,
+    )
+    return report
 
 
 class _SpillMonitor:

@@ -29,7 +29,7 @@ from integrity.inventory import (
     read_database,
     referenced_keys,
 )
-from integrity.parquet_diff import EngineLimits, diff_parquet
+from integrity.parquet_diff import EngineLimits, diff_any_size
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
 
@@ -162,7 +162,7 @@ def reconcile(
             store, inventory, db, spec, concurrency=concurrency, on_progress=on_progress
         )
     diff_started = time.perf_counter()
-    report = diff_parquet(inventory, db, spec, options, limits=limits)
+    report = diff_any_size(inventory, db, spec, options, limits=limits)
     report.timings["diff_seconds"] = time.perf_counter() - diff_started
     report.timings["total_seconds"] = time.perf_counter() - started
     return report

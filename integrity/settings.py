@@ -29,6 +29,7 @@ ENV_RUN_LEASE = "INTEGRITY_RUN_LEASE_SECONDS"
 # the machine's memory) and the directory its spill directories go in (default: system temp).
 ENV_MEMORY_LIMIT = "INTEGRITY_MEMORY_LIMIT"
 ENV_SPILL_DIR = "INTEGRITY_SPILL_DIR"
+ENV_DIFF_IN_MEMORY_BELOW = "INTEGRITY_DIFF_IN_MEMORY_BELOW"  # objects + rows diffed in memory
 
 # The Dagster instance: when the daily reconciliation runs (a 5-field cron, UTC).
 ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"

@@ -38,6 +38,7 @@ from integrity.inventory import (
 from integrity.parquet_diff import (
     WHITESPACE_BELOW,
     EngineLimits,
+    diff_any_size,
     diff_parquet,
     parse_memory_limit,
 )
@@ -444,6 +445,32 @@ def test_the_engine_reports_its_limit_and_spills_under_a_small_one(tmp_path: Pat
     assert report.timings["spill_peak_bytes"] > 0
     # The spill directory is the engine's own and is gone with it.
     assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_small_inventories_are_diffed_in_memory_and_large_ones_out_of_core(
+    tmp_path: Path,
+) -> None:
+    """diff_any_size picks the engine by objects plus rows; both give the same findings."""
+    storage, db = _many(tmp_path, 2_000)
+    options = DiffOptions(now=NOW)
+    items = storage.count + db.rows
+    small = diff_any_size(
+        storage, db, default_spec(), options, limits=EngineLimits(2**30, in_memory_below=items + 1)
+    )
+    large = diff_any_size(
+        storage, db, default_spec(), options, limits=EngineLimits(2**30, in_memory_below=items)
+    )
+    assert "engine_parse_seconds" not in small.timings  # the frame engine has no engine phases
+    assert "engine_parse_seconds" in large.timings
+    assert small.timings["spill_peak_bytes"] == 0 and small.timings["memory_limit_bytes"] == 2**30
+    pd.testing.assert_frame_equal(small.findings, large.findings)
+    assert small.counts()["missing_original"] == 2
+
+
+def test_a_bad_in_memory_threshold_is_one_readable_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTEGRITY_DIFF_IN_MEMORY_BELOW", "lots")
+    with pytest.raises(UsageError, match="INTEGRITY_DIFF_IN_MEMORY_BELOW: 'lots' is not a whole"):
+        EngineLimits.from_env()
 
 
 def test_a_limit_too_small_even_to_spill_is_one_readable_line(tmp_path: Path) -> None:

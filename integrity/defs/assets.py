@@ -23,7 +23,7 @@ from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport
 from integrity.errors import IntegrityError
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
 from integrity.kinds import KINDS
-from integrity.parquet_diff import EngineLimits, diff_parquet
+from integrity.parquet_diff import EngineLimits, diff_any_size
 from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
 from integrity.spec import check_tenant
 
@@ -249,7 +249,7 @@ def reconciliation_report(
         reconciliation_spec = spec.load()
         limits = EngineLimits.from_env()
         started = time.perf_counter()
-        report = diff_parquet(
+        report = diff_any_size(
             storage_inventory, db_inventory, reconciliation_spec, options, limits=limits
         )
     diff_seconds = time.perf_counter() - started
