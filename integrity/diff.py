@@ -468,29 +468,35 @@ def _progress_behind(
     behind = merged.loc[merged["completed"] < merged["expected"]]
     if behind.empty:
         return []
+    return [progress_findings(behind, spec)]
+
+
+def progress_findings(behind: pd.DataFrame, spec: ReconciliationSpec) -> pd.DataFrame:
+    """progress_behind findings from live plans (plan, tenant[, project], status, completed,
+    total, updated_at) with the descriptor count found in storage (`expected`)."""
+    plans_spec = spec.plans
+    assert plans_spec is not None
     prefix_of = plans_spec.sheets_prefix.format
     detail = [
         f"{plans_spec.completed} {c} < {e} descriptors in storage (of {t} pages)"
         for c, e, t in zip(behind["completed"], behind["expected"], behind["total"])
     ]
-    return [
-        findings_frame(
-            kind="progress_behind",
-            table=plans_spec.table,
-            row_id=behind["plan"].to_numpy(),
-            key=[
-                prefix_of(tenant=r.tenant, plan=r.plan, project=getattr(r, "project", ""))
-                for r in behind.itertuples(index=False)
-            ],
-            tenant=behind["tenant"].to_numpy(),
-            action=ACTIONS["progress_behind"],
-            detail=detail,
-            column=plans_spec.completed,
-            status=behind["status"].to_numpy(),
-            updated_at=behind["updated_at"].to_numpy(),
-            expected=behind["expected"].to_numpy(),
-        )
-    ]
+    return findings_frame(
+        kind="progress_behind",
+        table=plans_spec.table,
+        row_id=behind["plan"].to_numpy(),
+        key=[
+            prefix_of(tenant=r.tenant, plan=r.plan, project=getattr(r, "project", ""))
+            for r in behind.itertuples(index=False)
+        ],
+        tenant=behind["tenant"].to_numpy(),
+        action=ACTIONS["progress_behind"],
+        detail=detail,
+        column=plans_spec.completed,
+        status=behind["status"].to_numpy(),
+        updated_at=behind["updated_at"].to_numpy(),
+        expected=behind["expected"].to_numpy(),
+    )
 
 
 def diff_inventories(

@@ -44,13 +44,13 @@ import pyarrow.parquet as pq
 
 from integrity import settings
 from integrity.diff import (
-    ACTIONS,
     FINDING_KINDS,
     DiffOptions,
     ReconciliationReport,
     RowEmitter,
     diff_inventories,
     findings_frame,
+    progress_findings,
     typed_findings,
     upload_findings,
 )
@@ -947,7 +947,7 @@ def _assemble(
     with diff.phase("progress"):
         behind = diff.progress()
     if behind is not None and not behind.empty:
-        out.append(_progress_findings(behind, spec))
+        out.append(progress_findings(behind, spec))
 
     parts = [p for p in out if not p.empty]
     findings = pd.concat(parts, ignore_index=True) if parts else findings_frame()
@@ -972,32 +972,6 @@ def _upload_findings(merged: pd.DataFrame, spec: ReconciliationSpec) -> list[pd.
         merged["is_stuck"].astype(bool),
         merged["started"],
         spec,
-    )
-
-
-def _progress_findings(behind: pd.DataFrame, spec: ReconciliationSpec) -> pd.DataFrame:
-    plans_spec = spec.plans
-    assert plans_spec is not None
-    prefix_of = plans_spec.sheets_prefix.format
-    detail = [
-        f"{plans_spec.completed} {c} < {e} descriptors in storage (of {t} pages)"
-        for c, e, t in zip(behind["completed"], behind["expected"], behind["total"])
-    ]
-    return findings_frame(
-        kind="progress_behind",
-        table=plans_spec.table,
-        row_id=behind["plan"].to_numpy(),
-        key=[
-            prefix_of(tenant=r.tenant, plan=r.plan, project=getattr(r, "project", ""))
-            for r in behind.itertuples(index=False)
-        ],
-        tenant=behind["tenant"].to_numpy(),
-        action=ACTIONS["progress_behind"],
-        detail=detail,
-        column=plans_spec.completed,
-        status=behind["status"].to_numpy(),
-        updated_at=behind["updated_at"].to_numpy(),
-        expected=behind["expected"].to_numpy(),
     )
 
 
