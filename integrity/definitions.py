@@ -17,7 +17,7 @@ from integrity.defs import (
     remediation_jobs,
     tenant_discovery_sensor,
 )
-from integrity.defs.shards import shard_assets, shard_jobs, shard_resources
+from integrity.defs.reconciliation.shards import shard_assets, shard_jobs, shard_resources
 
 defs = dg.Definitions(
     assets=[*reconciliation_assets, *shard_assets],

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 import yaml
 
 from integrity import schema, settings
-from integrity.defs.assets import reconciliation_assets
-from integrity.defs.checks import REPORT_KEY, reconciliation_checks
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.policy import (
+from integrity.defs.reconciliation.assets import reconciliation_assets
+from integrity.defs.reconciliation.checks import REPORT_KEY, reconciliation_checks
+from integrity.defs.remediation.sensors import (
     AUTO_REMEDIATION_SENSOR,
     MODE_TAG,
     REASON_TAG,

@@ -21,7 +21,7 @@ import pyvips
 import sqlalchemy as sa
 
 from integrity import schema
-from integrity.defs.processing import (
+from integrity.defs.processing.jobs import (
     PROCESS_JOB,
     PROCESS_OP,
     process_document_job,

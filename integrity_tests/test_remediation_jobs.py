@@ -20,9 +20,9 @@ import sqlalchemy as sa
 import yaml
 
 from integrity import schema, settings
-from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.remediation import REMEDIATION_TAG, report_path
+from integrity.defs.reconciliation.assets import reconciliation_assets
+from integrity.defs.remediation.jobs import REMEDIATION_TAG, report_path
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from integrity.defs.io_managers import partition_dir_name
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
-from integrity.defs.shards import (
+from integrity.defs.reconciliation.shards import (
     SHARD_MERGE_JOB,
     SHARD_PLAN_JOB,
     SHARD_TAG,

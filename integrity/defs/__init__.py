@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from integrity.defs.alerts import alert_sensors
-from integrity.defs.assets import SNAPSHOT_IO_MANAGER, reconciliation_assets
-from integrity.defs.checks import reconciliation_checks
-from integrity.defs.event_sensors import event_sensors
+from integrity.defs.alerts.sensors import alert_sensors
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.jobs import reconcile_job
-from integrity.defs.policy import policy_sensors
-from integrity.defs.processing import processing_jobs
-from integrity.defs.remediation import remediation_jobs
+from integrity.defs.processing.jobs import processing_jobs
+from integrity.defs.processing.sensors import event_sensors
+from integrity.defs.reconciliation.assets import SNAPSHOT_IO_MANAGER, reconciliation_assets
+from integrity.defs.reconciliation.checks import reconciliation_checks
+from integrity.defs.reconciliation.discovery import tenant_discovery_sensor
+from integrity.defs.reconciliation.jobs import reconcile_job
+from integrity.defs.reconciliation.schedules import daily_reconciliation
+from integrity.defs.remediation.jobs import remediation_jobs
+from integrity.defs.remediation.sensors import policy_sensors
 from integrity.defs.resources import resources_from_env
-from integrity.defs.schedules import daily_reconciliation
-from integrity.defs.sensors import tenant_discovery_sensor
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:

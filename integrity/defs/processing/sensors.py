@@ -21,7 +21,7 @@ from dagster import SensorEvaluationContext
 
 from integrity import settings
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.processing import PROCESS_JOB, process_run_config
+from integrity.defs.processing.jobs import PROCESS_JOB, process_run_config
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

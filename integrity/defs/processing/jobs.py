@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from dagster import OpExecutionContext
 from pydantic import Field
 
-from integrity.defs.assets import fail_clearly
+from integrity.defs.reconciliation.assets import fail_clearly
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import IntegrityError
 from integrity.inventory import db_error_reason

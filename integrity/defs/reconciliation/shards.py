@@ -23,9 +23,9 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from integrity.checks import evaluate_findings
-from integrity.defs.assets import ReportConfig, examples_table, fail_clearly
-from integrity.defs.checks import FINDING_CHECK_DESCRIPTIONS, to_result
 from integrity.defs.io_managers import STORAGE_FILE, ParquetSnapshotIOManager
+from integrity.defs.reconciliation.assets import ReportConfig, examples_table, fail_clearly
+from integrity.defs.reconciliation.checks import FINDING_CHECK_DESCRIPTIONS, to_result
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, DiffOptions
 from integrity.errors import UsageError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from integrity.defs.assets import GROUP
+from integrity.defs.reconciliation.assets import GROUP
 
 RECONCILE_JOB = "reconcile"
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from dagster import OpExecutionContext
 from pydantic import Field
 
-from integrity.defs.assets import fail_clearly
 from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
+from integrity.defs.reconciliation.assets import fail_clearly
 from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
 from integrity.diff import ACTION_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, db_error_reason

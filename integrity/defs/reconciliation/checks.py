@@ -34,16 +34,16 @@ from integrity.checks import (
     evaluate_freshness,
     evaluate_inventory,
 )
-from integrity.defs.assets import (
+from integrity.defs.intervals import sensor_interval
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.partitions import TENANTS, tenant_partitions
+from integrity.defs.reconciliation.assets import (
     db_inventory,
     fail_clearly,
     reconciliation_report,
     storage_inventory,
 )
-from integrity.defs.intervals import sensor_interval
-from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS, tenant_partitions
-from integrity.defs.remediation import load_report
+from integrity.defs.remediation.jobs import load_report
 from integrity.defs.resources import SpecResource
 from integrity.errors import IntegrityError
 from integrity.kinds import KINDS, KindRegistry

@@ -20,9 +20,9 @@ import dagster as dg
 from dagster import SensorEvaluationContext
 
 from integrity.checks import DB_INVENTORY_CHECK, STORAGE_INVENTORY_CHECK
-from integrity.defs.checks import REPORT_KEY, freshness_sensors
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.remediation import REMEDIATE_JOB
+from integrity.defs.reconciliation.checks import REPORT_KEY, freshness_sensors
+from integrity.defs.remediation.jobs import REMEDIATE_JOB
 from integrity.defs.resources import SpecResource
 from integrity.diff import ReconciliationReport
 from integrity.errors import IntegrityError

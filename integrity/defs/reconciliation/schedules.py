@@ -14,8 +14,8 @@ import dagster as dg
 from dagster import ScheduleEvaluationContext
 
 from integrity import settings
-from integrity.defs.jobs import reconcile_job
 from integrity.defs.partitions import TENANTS, DiscoveryFailed, discover
+from integrity.defs.reconciliation.jobs import reconcile_job
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import UsageError
 

@@ -36,9 +36,9 @@ from integrity.alerts import (
 )
 from integrity.alerts.message import MAX_EXAMPLES
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.jobs import reconcile_job
-from integrity.defs.processing import PROCESS_JOB, processing_jobs
-from integrity.defs.remediation import remediation_jobs
+from integrity.defs.processing.jobs import PROCESS_JOB, processing_jobs
+from integrity.defs.reconciliation.jobs import reconcile_job
+from integrity.defs.remediation.jobs import remediation_jobs
 
 CHECK_ALERT_SENSOR = "check_alert_sensor"
 RUN_FAILURE_ALERT_SENSOR = "run_failure_alert_sensor"
@@ -243,7 +243,7 @@ def _check_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetCheckKey]:
     if context.repository_def is not None:
         keys = context.repository_def.asset_graph.asset_check_keys
     else:
-        from integrity.defs.checks import reconciliation_checks
+        from integrity.defs.reconciliation.checks import reconciliation_checks
 
         keys = {key for checks in reconciliation_checks for key in checks.check_keys}
     return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
