@@ -21,19 +21,22 @@ import sqlalchemy as sa
 from dagster import AssetCheckExecutionContext
 
 from integrity import schema, settings
-from integrity.defs.alerts.sensors import (
+from integrity.defs.alerts.resources import (
     ALERTS_RESOURCE,
-    MAX_MESSAGES_PER_TICK,
-    NOT_CONFIGURED,
     AlertsResource,
     alerts_resource_from_env,
+)
+from integrity.defs.alerts.sensors import (
+    MAX_MESSAGES_PER_TICK,
+    NOT_CONFIGURED,
     check_alert_sensor,
     counts_and_examples,
     run_failure_alert_sensor,
 )
 from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import RECONCILE_JOB
 from integrity.defs.reconciliation.assets import reconciliation_assets
-from integrity.defs.reconciliation.jobs import RECONCILE_JOB, reconcile_job
+from integrity.defs.reconciliation.jobs import reconcile_job
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import plant_drift

@@ -35,9 +35,9 @@ from integrity.checks import (
     evaluate_kind,
 )
 from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import FRESHNESS_JOB
 from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.reconciliation.checks import (
-    FRESHNESS_JOB,
     freshness_job,
     reconciliation_checks,
     reconciliation_fresh,

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP
 from integrity.defs.partitions import TENANTS
-from integrity.defs.processing.jobs import PROCESS_JOB, PROCESS_OP
 from integrity.defs.processing.sensors import (
     NEW_OBJECT_SENSOR,
     NOTIFICATION_SENSOR,

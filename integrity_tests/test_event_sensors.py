@@ -19,7 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import schema, settings
-from integrity.defs.processing.jobs import PROCESS_JOB, process_run_config
+from integrity.defs.names import PROCESS_JOB
+from integrity.defs.processing.jobs import process_run_config
 from integrity.defs.processing.sensors import (
     NEW_OBJECT_SENSOR,
     NOTIFICATION_SENSOR,
