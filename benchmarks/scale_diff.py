@@ -52,7 +52,8 @@ def _load() -> float:
 
 def worker_parquet(world_dir: Path, memory_limit: str, out: Path) -> dict:
     from integrity.diff import DiffOptions
-    from integrity.parquet_diff import EngineLimits, diff_snapshots, parse_memory_limit
+    from integrity.engine import EngineLimits, parse_memory_limit
+    from integrity.parquet_diff import diff_snapshots
     from integrity.spec import default_spec
 
     meta = json.loads((world_dir / "world.json").read_text())
@@ -118,7 +119,7 @@ def worker_engine(world_dir: Path, engine: str, memory_limit: str, spill: Path) 
     if engine == "duckdb":
         import duckdb
 
-        from integrity.parquet_diff import parse_memory_limit
+        from integrity.engine import parse_memory_limit
 
         conn = duckdb.connect(
             config={

@@ -1,9 +1,9 @@
 """Judging a reconciliation: findings against thresholds, inventories against their last size,
 and the age of the last reconciliation, as plain functions over plain values.
 
-The Dagster asset checks (integrity.defs.checks) feed these from the report snapshot and the
-event log and turn each outcome into an AssetCheckResult; nothing here imports Dagster, so the
-judgements are testable in milliseconds and the same anywhere.
+The Dagster asset checks (integrity.defs.reconciliation.checks) feed these from the report
+snapshot and the event log and turn each outcome into an AssetCheckResult; nothing here imports
+Dagster, so the judgements are testable in milliseconds and the same anywhere.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from integrity.diff import DiffOptions, ReconciliationReport
+from integrity.engine import EngineLimits
 from integrity.inventory import (
     ALL_TENANTS,
     DatabaseInventory,
@@ -29,7 +30,7 @@ from integrity.inventory import (
     read_database,
     referenced_keys,
 )
-from integrity.parquet_diff import EngineLimits, diff_any_size
+from integrity.parquet_diff import diff_any_size
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
 

@@ -21,19 +21,22 @@ import sqlalchemy as sa
 from dagster import AssetCheckExecutionContext
 
 from integrity import schema, settings
-from integrity.defs.alerts import (
+from integrity.defs.alerts.resources import (
     ALERTS_RESOURCE,
-    MAX_MESSAGES_PER_TICK,
-    NOT_CONFIGURED,
     AlertsResource,
     alerts_resource_from_env,
+)
+from integrity.defs.alerts.sensors import (
+    MAX_MESSAGES_PER_TICK,
+    NOT_CONFIGURED,
     check_alert_sensor,
     counts_and_examples,
     run_failure_alert_sensor,
 )
-from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.jobs import RECONCILE_JOB, reconcile_job
+from integrity.defs.names import RECONCILE_JOB
+from integrity.defs.reconciliation.assets import reconciliation_assets
+from integrity.defs.reconciliation.jobs import reconcile_job
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import plant_drift
@@ -83,7 +86,7 @@ def tick(
 
 
 def project_checks() -> list[dg.AssetChecksDefinition]:
-    from integrity.defs.checks import reconciliation_checks
+    from integrity.defs.reconciliation.checks import reconciliation_checks
 
     return reconciliation_checks
 
@@ -306,7 +309,7 @@ def test_every_configured_destination_gets_the_message(
 def test_message_budget_spreads_a_burst_over_ticks(
     instance: dg.DagsterInstance, http_server: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import integrity.defs.alerts as alerts_module
+    import integrity.defs.alerts.sensors as alerts_module
 
     monkeypatch.setattr(alerts_module, "MAX_MESSAGES_PER_TICK", 2)
     assert MAX_MESSAGES_PER_TICK >= 10

@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager, partition_dir_name
+from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, DatabaseInventory, StorageInventory

@@ -34,15 +34,15 @@ from integrity.checks import (
     evaluate_inventory,
     evaluate_kind,
 )
-from integrity.defs.assets import reconciliation_assets
-from integrity.defs.checks import (
-    FRESHNESS_JOB,
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import FRESHNESS_JOB
+from integrity.defs.reconciliation.assets import reconciliation_assets
+from integrity.defs.reconciliation.checks import (
     freshness_job,
     reconciliation_checks,
     reconciliation_fresh,
     reconciliation_freshness_sensor,
 )
-from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, REPORT_ONLY_KINDS
 from integrity.errors import SpecError

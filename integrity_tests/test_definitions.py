@@ -6,7 +6,9 @@ issues' checks: these tests make it a deliberate act.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,12 @@ import dagster as dg
 import pytest
 
 from integrity import settings
+from integrity.defs import names
 from integrity.defs.intervals import sensor_interval
 from integrity.defs.io_managers import ParquetSnapshotIOManager
 from integrity.defs.resources import DatabaseResource, resources_from_env
 from integrity.errors import UsageError
+from integrity.kinds import KINDS
 from integrity.storage import LocalStorage, S3Storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +114,47 @@ def test_job_schedule_and_sensor_are_pinned(defs: dg.Definitions) -> None:
     sensor = defs.resolve_sensor_def("tenant_discovery_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert 30 <= sensor.minimum_interval_seconds <= 600
+
+
+def test_the_names_module_names_every_asset_check_and_job(defs: dg.Definitions) -> None:
+    """integrity.defs.names is where targets are named by string: it must name what exists."""
+    keys = {value for value in vars(names).values() if isinstance(value, dg.AssetKey)}
+    graph = defs.resolve_asset_graph()
+    assert set(graph.get_all_asset_keys()) == keys
+    jobs = {value for name, value in vars(names).items() if name.endswith("_JOB")}
+    assert {
+        job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")
+    } == jobs
+    checks = {key.name for key in graph.asset_check_keys}
+    core_checks = {names.DB_INVENTORY_CHECK, names.STORAGE_INVENTORY_CHECK, names.FRESHNESS_CHECK}
+    assert checks == core_checks | {kind.check for kind in KINDS}
+    ops = {value for name, value in vars(names).items() if name.endswith("_OP")}
+    job_ops = {
+        node.name
+        for job in (defs.resolve_job_def(n) for n in (names.REMEDIATE_JOB, names.ROLLBACK_JOB))
+        for node in job.graph.node_defs
+    } | {node.name for node in defs.resolve_job_def(names.PROCESS_JOB).graph.node_defs}
+    assert job_ops == ops
+
+
+def test_run_tags_are_written_once_in_the_names_module() -> None:
+    """A tag's string is written only in integrity.defs.names, so the sensors, the schedule and
+    the run queue limits (dagster.yaml) cannot drift apart."""
+    tag = re.compile(r"^(integrity|dagster)/\w+$")
+    found = []
+    for path in sorted((REPO_ROOT / "integrity" / "defs").rglob("*.py")):
+        if path == REPO_ROOT / "integrity" / "defs" / "names.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and tag.match(str(node.value)):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, "\n".join(found)
+    assert (names.TRIGGER_TAG, names.REMEDIATION_TAG, names.SHARD_TAG) == (
+        "integrity/trigger",
+        "integrity/remediation",
+        "integrity/shard",
+    )
+    assert names.REMEDIATION_TAG in (REPO_ROOT / "dagster.yaml").read_text()
 
 
 def test_sensor_interval_override_is_read_from_the_environment(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from integrity.defs.remediation import REMEDIATION_TAG
-from integrity.defs.shards import ENV_SHARDS, SHARD_TAG
+from integrity.defs.names import REMEDIATION_TAG, SHARD_TAG
+from integrity.defs.reconciliation.shards import ENV_SHARDS
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 REPO_ROOT = DEPLOY.parents[1]

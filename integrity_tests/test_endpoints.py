@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli, settings
-from integrity.defs.event_sensors import bucket_notification_sensor, requeue_sensor
+from integrity.defs.processing.sensors import bucket_notification_sensor, requeue_sensor
 from integrity.defs.resources import resources_from_env
 from integrity.remediation import ledger
 from integrity.remediation.queue import QueueEntry, SqsQueue, sqs_client

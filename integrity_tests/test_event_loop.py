@@ -19,8 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import schema, settings
-from integrity.defs.assets import reconciliation_assets
-from integrity.defs.event_sensors import (
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP
+from integrity.defs.partitions import TENANTS
+from integrity.defs.processing.sensors import (
     NEW_OBJECT_SENSOR,
     NOTIFICATION_SENSOR,
     REQUEUE_SENSOR,
@@ -28,9 +30,7 @@ from integrity.defs.event_sensors import (
     new_object_sensor,
     requeue_sensor,
 )
-from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS
-from integrity.defs.processing import PROCESS_JOB, PROCESS_OP
+from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

@@ -19,7 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import schema, settings
-from integrity.defs.event_sensors import (
+from integrity.defs.names import PROCESS_JOB
+from integrity.defs.processing.jobs import process_run_config
+from integrity.defs.processing.sensors import (
     NEW_OBJECT_SENSOR,
     NOTIFICATION_SENSOR,
     REQUEUE_SENSOR,
@@ -27,7 +29,6 @@ from integrity.defs.event_sensors import (
     new_object_sensor,
     requeue_sensor,
 )
-from integrity.defs.processing import PROCESS_JOB, process_run_config
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

@@ -48,9 +48,8 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import schema
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP, REMEDIATION_TAG
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
-from integrity.defs.processing import PROCESS_JOB, PROCESS_OP
-from integrity.defs.remediation import REMEDIATION_TAG
 from integrity.demo import minimal_pdf
 from integrity.inventory import ALL_TENANTS
 from integrity.schema import create_reference_schema

@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli, settings
-from integrity.defs.assets import reconciliation_assets
 from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

@@ -27,7 +27,7 @@ import yaml
 import integrity
 from integrity import cli, demo
 from integrity.checks import ERROR, PASSED, WARN, evaluate_findings, kind_denominators
-from integrity.defs.checks import FINDING_CHECK_SPECS, finding_check_specs
+from integrity.defs.reconciliation.checks import FINDING_CHECK_SPECS, finding_check_specs
 from integrity.diff import (
     ACTION_KINDS,
     ACTIONS,

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integrity.diff import DiffOptions, diff_inventories
+from integrity.engine import EngineLimits, parse_memory_limit
 from integrity.errors import IntegrityError, UsageError
 from integrity.identity import encode_frame
 from integrity.inventory import (
@@ -35,13 +36,7 @@ from integrity.inventory import (
     StorageInventory,
     inventory_from_batches,
 )
-from integrity.parquet_diff import (
-    WHITESPACE_BELOW,
-    EngineLimits,
-    diff_any_size,
-    diff_parquet,
-    parse_memory_limit,
-)
+from integrity.parquet_diff import WHITESPACE_BELOW, diff_any_size, diff_parquet
 from integrity.spec import ReferenceSpec, TableSpec, default_spec
 
 BUCKET = "media"

@@ -18,17 +18,20 @@ import sqlalchemy as sa
 import yaml
 
 from integrity import schema, settings
-from integrity.defs.assets import reconciliation_assets
-from integrity.defs.checks import REPORT_KEY, reconciliation_checks
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.policy import (
-    AUTO_REMEDIATION_SENSOR,
-    MODE_TAG,
-    REASON_TAG,
+from integrity.defs.names import (
+    AUTO_REMEDIATION_REASON_TAG,
+    AUTO_REMEDIATION_TAG,
     REMEDIATE_OP,
+    REPORT_KEY,
     TRIGGER_TAG,
+)
+from integrity.defs.reconciliation.assets import reconciliation_assets
+from integrity.defs.reconciliation.checks import reconciliation_checks
+from integrity.defs.remediation.sensors import (
+    AUTO_REMEDIATION_SENSOR,
     auto_remediation_sensor,
-    policy_sensors,
+    remediation_sensors,
 )
 from integrity.defs.resources import (
     DatabaseResource,
@@ -215,7 +218,7 @@ def status_of(engine: sa.Engine, document_id: str) -> str:
 
 
 def test_sensor_is_registered_and_running_by_default() -> None:
-    assert [s.name for s in policy_sensors][0] == AUTO_REMEDIATION_SENSOR
+    assert [s.name for s in remediation_sensors] == [AUTO_REMEDIATION_SENSOR]
     assert auto_remediation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert auto_remediation_sensor.job_name == "remediate"
 
@@ -231,10 +234,12 @@ def test_dry_run_by_default_and_never_twice_for_one_materialization(
     [request] = first.run_requests
     assert request.run_key == f"auto-remediation-{storage_id}"
     assert request.tags[TRIGGER_TAG] == AUTO_REMEDIATION_SENSOR
-    assert request.tags[MODE_TAG] == DRY_RUN
+    assert request.tags[AUTO_REMEDIATION_TAG] == DRY_RUN
     # proj-1's only actionable finding marks 1 of its 4 images: above the 0.2 breaker, so
     # the dry run acts on nothing and its tag says why.
-    assert request.tags[REASON_TAG].startswith("circuit breaker: marking 1 of 4 rows of images")
+    assert request.tags[AUTO_REMEDIATION_REASON_TAG].startswith(
+        "circuit breaker: marking 1 of 4 rows of images"
+    )
     assert config_of(request) == {
         "tenant": "proj-1",
         "dry_run": True,
@@ -276,8 +281,11 @@ def test_org_report_dry_run_then_applied_when_the_policy_allows_it(
     # Allowed, but INTEGRITY_ALLOW_WRITES is not set: a dry run of every kind, which the
     # remediate job runs without changing a row.
     [dry] = tick(instance, lenient).run_requests
-    assert dry.tags[MODE_TAG] == DRY_RUN
-    assert dry.tags[REASON_TAG] == "INTEGRITY_ALLOW_WRITES=1 is not set for the sensor"
+    assert dry.tags[AUTO_REMEDIATION_TAG] == DRY_RUN
+    assert (
+        dry.tags[AUTO_REMEDIATION_REASON_TAG]
+        == "INTEGRITY_ALLOW_WRITES=1 is not set for the sensor"
+    )
     assert config_of(dry)["kinds"] == list(ORG_KINDS) and config_of(dry)["dry_run"] is True
     result = launch(dry, {**resources, "spec": lenient}, instance)
     assert result.success and op_metadata(result)["dry_run"] is True
@@ -288,13 +296,13 @@ def test_org_report_dry_run_then_applied_when_the_policy_allows_it(
     monkeypatch.setenv(settings.ENV_ALLOW_WRITES, "1")
     monkeypatch.setenv(AUTO_REMEDIATE_ENV, ",".join(SAFE_KINDS))
     [partial] = tick(instance, lenient).run_requests
-    assert partial.tags[MODE_TAG] == DRY_RUN
-    assert partial.tags[REASON_TAG] == "the policy does not allow missing_original"
+    assert partial.tags[AUTO_REMEDIATION_TAG] == DRY_RUN
+    assert partial.tags[AUTO_REMEDIATION_REASON_TAG] == "the policy does not allow missing_original"
 
     # Every kind allowed, the breaker passes at 0.5, writes opted in: applied.
     monkeypatch.delenv(AUTO_REMEDIATE_ENV)
     [applied] = tick(instance, lenient).run_requests
-    assert applied.tags[MODE_TAG] == APPLY
+    assert applied.tags[AUTO_REMEDIATION_TAG] == APPLY
     assert config_of(applied) == {
         "tenant": "org-1",
         "dry_run": False,
@@ -316,8 +324,10 @@ def test_breaker_keeps_it_a_dry_run_without_the_refused_kind(
     monkeypatch.setenv(settings.ENV_ALLOW_WRITES, "1")
     monkeypatch.setenv(AUTO_REMEDIATE_ENV, ",".join(ORG_KINDS))
     [request] = tick(instance, resources["spec"]).run_requests  # breaker at the default 0.2
-    assert request.tags[MODE_TAG] == DRY_RUN
-    assert request.tags[REASON_TAG].startswith("circuit breaker: marking 1 of 2 rows")
+    assert request.tags[AUTO_REMEDIATION_TAG] == DRY_RUN
+    assert request.tags[AUTO_REMEDIATION_REASON_TAG].startswith(
+        "circuit breaker: marking 1 of 2 rows"
+    )
     assert config_of(request)["kinds"] == list(SAFE_KINDS)
     result = launch(request, resources, instance)
     assert result.success and op_metadata(result)["dry_run"] is True
@@ -338,7 +348,7 @@ def test_one_run_per_partition_for_its_latest_report(
     # The superseded org-1 report gets no run of its own.
     assert by_tenant["org-1"].run_key == f"auto-remediation-{latest_org}"
     assert by_tenant[ALL_TENANTS].run_key == f"auto-remediation-{all_id}"
-    assert by_tenant["org-2"].tags[MODE_TAG] == DRY_RUN
+    assert by_tenant["org-2"].tags[AUTO_REMEDIATION_TAG] == DRY_RUN
     assert result.cursor == str(last_id)
 
 
@@ -401,7 +411,7 @@ def test_shrunken_inventory_in_the_reports_run_keeps_it_a_dry_run(
 
     reconcile_with_checks()
     [first] = tick(instance, everything).run_requests
-    assert first.tags[MODE_TAG] == APPLY
+    assert first.tags[AUTO_REMEDIATION_TAG] == APPLY
 
     for key in (
         "documents/org-1/ok.pdf",
@@ -417,7 +427,7 @@ def test_shrunken_inventory_in_the_reports_run_keeps_it_a_dry_run(
     result = tick(instance, everything, first.run_key.rsplit("-", 1)[1])
     assert isinstance(result, dg.SensorResult)
     [second] = result.run_requests
-    assert second.tags[MODE_TAG] == DRY_RUN
-    assert second.tags[REASON_TAG].startswith(
+    assert second.tags[AUTO_REMEDIATION_TAG] == DRY_RUN
+    assert second.tags[AUTO_REMEDIATION_REASON_TAG].startswith(
         "storage_inventory_sane failed: objects listed: 2, down 60% from 5"
     )

@@ -21,12 +21,8 @@ import pyvips
 import sqlalchemy as sa
 
 from integrity import schema
-from integrity.defs.processing import (
-    PROCESS_JOB,
-    PROCESS_OP,
-    process_document_job,
-    process_run_config,
-)
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP
+from integrity.defs.processing.jobs import process_document_job, process_run_config
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.demo import minimal_pdf, url_form
 from integrity.errors import IntegrityError

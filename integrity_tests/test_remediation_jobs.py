@@ -20,9 +20,10 @@ import sqlalchemy as sa
 import yaml
 
 from integrity import schema, settings
-from integrity.defs.assets import reconciliation_assets
+from integrity.defs.helpers import report_path
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.remediation import REMEDIATION_TAG, report_path
+from integrity.defs.names import REMEDIATION_TAG
+from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,

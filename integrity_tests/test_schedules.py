@@ -17,13 +17,13 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
-from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
-from integrity.defs.schedules import (
+from integrity.defs.reconciliation.discovery import tenant_discovery_sensor
+from integrity.defs.reconciliation.schedules import (
     build_daily_reconciliation,
     daily_reconciliation,
     reconcile_cron,
 )
-from integrity.defs.sensors import tenant_discovery_sensor
+from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import UsageError
 from integrity.inventory import ALL_TENANTS
 from integrity.storage import LocalStorage

@@ -20,15 +20,15 @@ import pytest
 import sqlalchemy as sa
 
 from integrity.defs.io_managers import partition_dir_name
-from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
-from integrity.defs.shards import (
+from integrity.defs.names import (
     SHARD_MERGE_JOB,
     SHARD_PLAN_JOB,
     SHARD_TAG,
     SHARDS_GROUP,
     SHARDS_JOB,
-    shard_keys,
 )
+from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
+from integrity.defs.reconciliation.shards import shard_keys
 from integrity.diff import FINDING_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS
 from integrity.schema import create_reference_schema

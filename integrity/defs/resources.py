@@ -29,6 +29,7 @@ from pydantic import Field
 
 from integrity import settings
 from integrity.database import database_url
+from integrity.defs.alerts.resources import alerts_resource_from_env
 from integrity.durations import parse_duration
 from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
@@ -212,8 +213,6 @@ def _from_env(name: str) -> dg.EnvVar | None:
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The resources as the environment describes them; no I/O happens here."""
-    from integrity.defs.alerts import alerts_resource_from_env  # imports the jobs, which import us
-
     # Endpoints and regions are left to the client builders, which the CLI shares: an explicit
     # endpoint here would hide AWS_ENDPOINT_URL_S3, and the bucket's would reach the queue.
     return {

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from integrity.engine import connect, sql_literal
 from integrity.errors import StorageError
 from integrity.inventory.names import utcnow
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
@@ -521,8 +522,6 @@ def merge_storage(
     The two files are merged by the diff's engine (spilling to disk past its memory limit),
     so neither side is loaded as a frame.
     """
-    from integrity.parquet_diff import connect, sql_literal  # which imports this module
-
     writer = ObjectWriter(work_dir)
     try:
         with connect() as session:

@@ -1,6 +1,6 @@
 """The processor: uploads into Deep Zoom tile pyramids and images into staged JPEGs (pyvips).
 
-Pure core, no Dagster: integrity.defs.processing wraps `process_object` in the
+Pure core, no Dagster: integrity.defs.processing.jobs wraps `process_object` in the
 `process_document` job.
 """
 

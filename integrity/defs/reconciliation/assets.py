@@ -9,26 +9,30 @@ IntegrityError into a step failure with that line.
 # annotation as an object (a string annotation fails with "Cannot annotate `context`").
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
 
+from integrity.defs.helpers import fail_clearly
+from integrity.defs.names import (
+    DB_INVENTORY_KEY,
+    RECONCILIATION_GROUP,
+    REPORT_KEY,
+    SNAPSHOT_IO_MANAGER,
+    STORAGE_INVENTORY_KEY,
+)
 from integrity.defs.partitions import tenant_partitions
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport
-from integrity.errors import IntegrityError
+from integrity.engine import EngineLimits
 from integrity.inventory import DatabaseInventory, StorageInventory, check_database, read_database
 from integrity.kinds import KINDS
-from integrity.parquet_diff import EngineLimits, diff_any_size
+from integrity.parquet_diff import diff_any_size
 from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
 from integrity.spec import check_tenant
 
-GROUP = "reconciliation"
-SNAPSHOT_IO_MANAGER = "snapshot_io_manager"
 EXAMPLES_SHOWN = 20
 _EXAMPLE_TEXT_LIMIT = 300
 
@@ -39,25 +43,18 @@ class ReportConfig(dg.Config):
     min_age: int = Field(
         default=int(KINDS.age("min_age").delta.total_seconds()),
         ge=0,
-        description="Seconds: an upload or job younger than this may still be in flight, so it is never an orphan.",
+        description="Seconds: an upload or processing job younger than this may still be in flight, "
+        "so it is never an orphan.",
     )
     stuck_after: int = Field(
         default=int(KINDS.age("stuck_after").delta.total_seconds()),
         ge=0,
-        description="Seconds: a job processing for longer than this is stuck.",
+        description="Seconds: a processing job processing for longer than this is stuck.",
     )
     status: str | None = Field(
-        default=None, description="Only report findings whose row or job is in this status."
+        default=None,
+        description="Only report findings whose row or processing job is in this status.",
     )
-
-
-@contextmanager
-def fail_clearly() -> Iterator[None]:
-    """Turn a fatal core error (missing bucket, unreachable DB, bad spec) into its one line."""
-    try:
-        yield
-    except IntegrityError as exc:
-        raise dg.Failure(description=str(exc)) from None
 
 
 def partition_tenant(partition_key: str) -> str | None:
@@ -111,7 +108,8 @@ def examples_table(
 
 
 @dg.asset(
-    group_name=GROUP,
+    key=DB_INVENTORY_KEY,
+    group_name=RECONCILIATION_GROUP,
     partitions_def=tenant_partitions,
     kinds={"sql", "parquet"},
     io_manager_key=SNAPSHOT_IO_MANAGER,
@@ -147,7 +145,8 @@ def db_inventory(
 
 
 @dg.asset(
-    group_name=GROUP,
+    key=STORAGE_INVENTORY_KEY,
+    group_name=RECONCILIATION_GROUP,
     partitions_def=tenant_partitions,
     kinds={"s3", "parquet"},
     io_manager_key=SNAPSHOT_IO_MANAGER,
@@ -219,7 +218,8 @@ def storage_source_metadata(
 
 
 @dg.asset(
-    group_name=GROUP,
+    key=REPORT_KEY,
+    group_name=RECONCILIATION_GROUP,
     partitions_def=tenant_partitions,
     kinds={"pandas", "parquet"},
     io_manager_key=SNAPSHOT_IO_MANAGER,

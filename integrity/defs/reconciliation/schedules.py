@@ -14,8 +14,10 @@ import dagster as dg
 from dagster import ScheduleEvaluationContext
 
 from integrity import settings
-from integrity.defs.jobs import reconcile_job
-from integrity.defs.partitions import TENANTS, DiscoveryFailed, discover
+from integrity.defs.names import TRIGGER_TAG
+from integrity.defs.partitions import TENANTS
+from integrity.defs.reconciliation.discovery import DiscoveryFailed, discover
+from integrity.defs.reconciliation.jobs import reconcile_job
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import UsageError
 
@@ -81,7 +83,7 @@ def _daily_reconciliation(
         yield dg.RunRequest(
             partition_key=tenant,
             run_key=f"daily-{when}-{tenant}",
-            tags={"integrity/trigger": SCHEDULE_NAME},
+            tags={TRIGGER_TAG: SCHEDULE_NAME},
         )
 
 

@@ -5,6 +5,9 @@ thin shell over integrity.events: bounded work per tick, a JSON cursor, run keys
 stable values, and at-least-once hand-over. A queue message (or a re-queue row) is deleted
 (marked taken) only on the tick after the one that requested its run, because by then Dagster
 has recorded that tick's run requests together with its cursor.
+
+They live with the job they trigger: each targets `process_document` and builds its run config
+with that job's `process_run_config`, and nothing else in the Dagster layer uses them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dagster import SensorEvaluationContext
 
 from integrity import settings
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.processing import PROCESS_JOB, process_run_config
+from integrity.defs.names import PROCESS_JOB, TRIGGER_TAG
+from integrity.defs.processing.jobs import process_run_config
 from integrity.defs.resources import (
     DatabaseResource,
     QueueResource,
@@ -54,7 +58,6 @@ REQUEUE_SENSOR = "requeue_sensor"
 REQUEUE_SOURCE = "requeue"
 INTERVAL_SECONDS = 30
 REQUEUE_BATCH = 100
-TRIGGER_TAG = "integrity/trigger"
 
 _IGNORED_WORDS = {
     "test_event": "test events",

@@ -3,11 +3,12 @@
 Every trigger (the event sensors, the re-queue sensor, the launchpad) builds its run config with
 `process_run_config(key, source)`. The op reads the state and decides: an object already
 processed, gone, or held by another run is a success with a log line, so duplicated, late or
-early triggers are harmless. A bad object fails the step with the one line the job row records.
+early triggers are harmless. A bad object fails the step with the one line its processing job
+(the `processing_jobs` row) records.
 """
 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
-# annotation as an object (see assets.py).
+# annotation as an object (see reconciliation/assets.py).
 
 from datetime import timedelta
 from typing import Any
@@ -17,14 +18,12 @@ import sqlalchemy as sa
 from dagster import OpExecutionContext
 from pydantic import Field
 
-from integrity.defs.assets import fail_clearly
+from integrity.defs.helpers import fail_clearly
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import IntegrityError
 from integrity.inventory import db_error_reason
 from integrity.processing import ProcessOptions, ProcessResult, process_object
-
-PROCESS_JOB = "process_document"
-PROCESS_OP = "process_object"
 
 _DEFAULTS = ProcessOptions()
 
@@ -71,7 +70,8 @@ class ProcessConfig(dg.Config):
     )
     stale_after_hours: float = Field(
         default=_DEFAULTS.stale_after.total_seconds() / 3600,
-        description="A job processing for longer than this is taken over (its worker died).",
+        description="A processing job processing for longer than this is taken over (its worker "
+        "died).",
     )
     default_project: str = Field(
         default=_DEFAULTS.default_project,
@@ -150,6 +150,3 @@ def process_object_op(
 def process_document_job() -> None:
     """Turn one object into tiles, a staged image and complete rows, as its state requires."""
     process_object_op()
-
-
-processing_jobs: list[dg.JobDefinition] = [process_document_job]

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from integrity.defs.assets import GROUP
-
-RECONCILE_JOB = "reconcile"
+from integrity.defs.names import RECONCILE_JOB, RECONCILIATION_GROUP
 
 reconcile_job = dg.define_asset_job(
     name=RECONCILE_JOB,
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=dg.AssetSelection.groups(RECONCILIATION_GROUP),
     executor_def=dg.in_process_executor,
     description="Reconcile storage with the database for one tenant, or `__all__` for the whole bucket. Reports only; changes nothing.",
 )

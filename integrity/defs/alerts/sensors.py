@@ -4,20 +4,20 @@ Open-source Dagster has no alert policies, so two sensors read the instance them
 `check_alert_sensor` reads asset check evaluations since its cursor and keeps the state of each
 (asset, check, partition) in that cursor (the rules are in integrity.alerts.transitions);
 `run_failure_alert_sensor` sends one message per failed reconcile, remediate, rollback or
-process_document run. Destinations come from the environment through `AlertsResource`; with
-none configured both sensors skip and say which variables to set.
+process_document run. Destinations come from the environment through `AlertsResource`
+(integrity.defs.alerts.resources); with none configured both sensors skip and say which
+variables to set. The top of the Dagster layer: alerts import the jobs and checks they watch,
+and no domain imports alerts.
 """
 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
-# annotation as an object (see assets.py).
+# annotation as an object (see reconciliation/assets.py).
 
 import math
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from integrity import settings
 from integrity.alerts import (
@@ -27,22 +27,21 @@ from integrity.alerts import (
     CheckBatch,
     CheckOutcome,
     Destination,
-    EmailDestination,
-    SlackDestination,
-    WebhookDestination,
     deliver,
     run_tick,
     run_url,
 )
 from integrity.alerts.message import MAX_EXAMPLES
+from integrity.defs.alerts.resources import AlertsResource
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.jobs import reconcile_job
-from integrity.defs.processing import PROCESS_JOB, processing_jobs
-from integrity.defs.remediation import remediation_jobs
+from integrity.defs.names import PARTITION_TAG
+from integrity.defs.processing.jobs import process_document_job
+from integrity.defs.reconciliation.checks import reconciliation_checks
+from integrity.defs.reconciliation.jobs import reconcile_job
+from integrity.defs.remediation.jobs import remediate_job, rollback_job
 
 CHECK_ALERT_SENSOR = "check_alert_sensor"
 RUN_FAILURE_ALERT_SENSOR = "run_failure_alert_sensor"
-ALERTS_RESOURCE = "alerts"
 TICK_SECONDS = 30
 MAX_MESSAGES_PER_TICK = 20
 SEND_SECONDS_PER_TICK = 15.0
@@ -51,133 +50,12 @@ HISTORY_PAGE = 200
 HISTORY_PAGES = 10
 """At most HISTORY_PAGE * HISTORY_PAGES evaluations of one check are read per tick."""
 
-PARTITION_TAG = "dagster/partition"
 NOT_CONFIGURED = (
     "no alert destination is configured: set "
     f"{settings.ENV_ALERT_WEBHOOK_URL}; or {settings.ENV_SLACK_TOKEN} and "
     f"{settings.ENV_SLACK_CHANNEL}; or {settings.ENV_SMTP_HOST}, "
     f"{settings.ENV_ALERT_EMAIL_FROM} and {settings.ENV_ALERT_EMAIL_TO}"
 )
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-class AlertsResource(dg.ConfigurableResource):
-    """Where alerts go. Any subset of destinations; secrets come from the environment (EnvVar)."""
-
-    webhook_url: str | None = Field(
-        default=None, description="Generic JSON webhook URL (a secret: never logged)."
-    )
-    slack_token: str | None = Field(default=None, description="Slack bot token (a secret).")
-    slack_channel: str | None = Field(default=None, description="Slack channel, e.g. #data-ops.")
-    slack_base_url: str | None = Field(
-        default=None, description="Slack Web API base URL; unset means slack.com's."
-    )
-    smtp_host: str | None = Field(default=None, description="SMTP server host.")
-    smtp_port: str | None = Field(default=None, description="SMTP port; unset means 25.")
-    smtp_user: str | None = Field(default=None, description="SMTP login user; unset: no login.")
-    smtp_password: str | None = Field(default=None, description="SMTP password (a secret).")
-    smtp_starttls: str | None = Field(
-        default=None, description="Force STARTTLS on (1) or off (0); unset: on for port 587."
-    )
-    email_from: str | None = Field(default=None, description="Sender address.")
-    email_to: str | None = Field(default=None, description="Recipients, comma-separated.")
-    ui_base_url: str | None = Field(
-        default=None,
-        description=f"Base URL of the Dagster UI for run links; unset means {settings.DEFAULT_UI_BASE_URL}.",
-    )
-    timeout: float = Field(default=5.0, description="Seconds per request to a destination.")
-    attempts: int = Field(default=3, ge=1, description="Attempts per message and destination.")
-    backoff: float = Field(default=0.5, ge=0, description="First retry pause, doubled each retry.")
-
-    def destinations(self) -> tuple[list[Destination], list[str]]:
-        """The usable destinations, and one line per destination that is only half configured."""
-        found: list[Destination] = []
-        problems: list[str] = []
-        if self.webhook_url:
-            found.append(
-                WebhookDestination(
-                    self.webhook_url,
-                    timeout=self.timeout,
-                    attempts=self.attempts,
-                    backoff=self.backoff,
-                )
-            )
-        if self.slack_token or self.slack_channel:
-            if self.slack_token and self.slack_channel:
-                found.append(SlackDestination(self._slack_client(), self.slack_channel))
-            else:
-                problems.append(
-                    f"Slack needs both {settings.ENV_SLACK_TOKEN} and {settings.ENV_SLACK_CHANNEL}"
-                )
-        if self.smtp_host or self.email_to or self.email_from:
-            email, problem = self._email()
-            if email is not None:
-                found.append(email)
-            else:
-                problems.append(problem)
-        return found, problems
-
-    def _slack_client(self) -> Any:
-        from dagster_slack import SlackResource
-
-        client = SlackResource(token=self.slack_token).get_client()
-        client.timeout = max(1, round(self.timeout))
-        if self.slack_base_url:
-            client.base_url = self.slack_base_url.rstrip("/") + "/"
-        return client
-
-    def _email(self) -> tuple[EmailDestination | None, str]:
-        recipients = [a.strip() for a in (self.email_to or "").split(",") if a.strip()]
-        if not (self.smtp_host and self.email_from and recipients):
-            return None, (
-                f"email needs {settings.ENV_SMTP_HOST}, {settings.ENV_ALERT_EMAIL_FROM} and "
-                f"{settings.ENV_ALERT_EMAIL_TO}"
-            )
-        try:
-            port = int(self.smtp_port) if self.smtp_port else 25
-        except ValueError:
-            return None, f"{settings.ENV_SMTP_PORT} must be a port number"
-        starttls = (self.smtp_starttls or "").strip().lower()
-        if starttls and starttls not in _TRUE | _FALSE:
-            return None, f"{settings.ENV_SMTP_STARTTLS} must be 1 or 0"
-        return (
-            EmailDestination(
-                host=self.smtp_host,
-                port=port,
-                sender=self.email_from,
-                recipients=recipients,
-                user=self.smtp_user or None,
-                password=self.smtp_password or None,
-                starttls=(starttls in _TRUE) if starttls else None,
-                timeout=self.timeout,
-                attempts=min(self.attempts, 2),
-                backoff=self.backoff,
-            ),
-            "",
-        )
-
-
-def _from_env(name: str) -> dg.EnvVar | None:
-    """EnvVar when the variable is set (resolved at tick time, never shown), else None."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
-def alerts_resource_from_env() -> AlertsResource:
-    """The destinations the environment names; nothing is contacted here."""
-    return AlertsResource(
-        webhook_url=_from_env(settings.ENV_ALERT_WEBHOOK_URL),
-        slack_token=_from_env(settings.ENV_SLACK_TOKEN),
-        slack_channel=_from_env(settings.ENV_SLACK_CHANNEL),
-        smtp_host=_from_env(settings.ENV_SMTP_HOST),
-        smtp_port=_from_env(settings.ENV_SMTP_PORT),
-        smtp_user=_from_env(settings.ENV_SMTP_USER),
-        smtp_password=_from_env(settings.ENV_SMTP_PASSWORD),
-        smtp_starttls=_from_env(settings.ENV_SMTP_STARTTLS),
-        email_from=_from_env(settings.ENV_ALERT_EMAIL_FROM),
-        email_to=_from_env(settings.ENV_ALERT_EMAIL_TO),
-        ui_base_url=_from_env(settings.ENV_UI_BASE_URL),
-    )
 
 
 def _not_configured(problems: Sequence[str]) -> str:
@@ -243,8 +121,6 @@ def _check_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetCheckKey]:
     if context.repository_def is not None:
         keys = context.repository_def.asset_graph.asset_check_keys
     else:
-        from integrity.defs.checks import reconciliation_checks
-
         keys = {key for checks in reconciliation_checks for key in checks.check_keys}
     return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
 
@@ -391,10 +267,7 @@ def check_alert_sensor(
 # --------------------------------------------------------------------------- failed runs
 
 
-def _alerted_jobs() -> list[Any]:
-    jobs: Iterable[Any] = [reconcile_job, *remediation_jobs, *processing_jobs]
-    names = {reconcile_job.name, *(j.name for j in remediation_jobs), PROCESS_JOB}
-    return [job for job in jobs if job.name in names]
+ALERTED_JOBS = [reconcile_job, remediate_job, rollback_job, process_document_job]
 
 
 def failure_reason(context: dg.RunFailureSensorContext) -> str:
@@ -410,7 +283,7 @@ def failure_reason(context: dg.RunFailureSensorContext) -> str:
 
 @dg.run_failure_sensor(
     name=RUN_FAILURE_ALERT_SENSOR,
-    monitored_jobs=_alerted_jobs(),
+    monitored_jobs=ALERTED_JOBS,
     minimum_interval_seconds=sensor_interval(TICK_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )

@@ -23,9 +23,23 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from integrity.checks import evaluate_findings
-from integrity.defs.assets import ReportConfig, examples_table, fail_clearly
-from integrity.defs.checks import FINDING_CHECK_DESCRIPTIONS, to_result
+from integrity.defs.helpers import fail_clearly
 from integrity.defs.io_managers import STORAGE_FILE, ParquetSnapshotIOManager
+from integrity.defs.names import (
+    SHARD_DB_INVENTORY_KEY,
+    SHARD_IO_MANAGER,
+    SHARD_MERGE_JOB,
+    SHARD_PLAN_JOB,
+    SHARD_PLAN_KEY,
+    SHARD_REPORT_KEY,
+    SHARD_STORAGE_INVENTORY_KEY,
+    SHARD_TAG,
+    SHARDED_REPORT_KEY,
+    SHARDS_GROUP,
+    SHARDS_JOB,
+)
+from integrity.defs.reconciliation.assets import ReportConfig, examples_table
+from integrity.defs.reconciliation.checks import FINDING_CHECK_DESCRIPTIONS, to_result
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, DiffOptions
 from integrity.errors import UsageError
@@ -57,13 +71,6 @@ from integrity.spec import check_tenant
 ENV_SHARDS = "INTEGRITY_SHARDS"
 DEFAULT_SHARDS = 4
 SHARDS = "shards"
-SHARDS_GROUP = "reconciliation_shards"
-SHARD_IO_MANAGER = "shard_io_manager"
-SHARD_TAG = "integrity/shard"
-"""On every shard run, so the run queue can cap how many shards run at once."""
-SHARDS_JOB = "reconcile_shards"
-SHARD_PLAN_JOB = "plan_shards"
-SHARD_MERGE_JOB = "merge_shards"
 
 
 def shard_count() -> int:
@@ -140,7 +147,9 @@ class ShardPlanConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=SHARDS_GROUP, kinds={"s3"}, io_manager_key=SHARD_IO_MANAGER)
+@dg.asset(
+    key=SHARD_PLAN_KEY, group_name=SHARDS_GROUP, kinds={"s3"}, io_manager_key=SHARD_IO_MANAGER
+)
 def shard_plan(
     context: AssetExecutionContext,
     config: ShardPlanConfig,
@@ -191,7 +200,12 @@ def shard_plan(
     return plan
 
 
-@dg.asset(group_name=SHARDS_GROUP, kinds={"sql", "parquet"}, io_manager_key=SHARD_IO_MANAGER)
+@dg.asset(
+    key=SHARD_DB_INVENTORY_KEY,
+    group_name=SHARDS_GROUP,
+    kinds={"sql", "parquet"},
+    io_manager_key=SHARD_IO_MANAGER,
+)
 def shard_db_inventory(
     context: AssetExecutionContext,
     shard_plan: ShardPlan,
@@ -215,6 +229,7 @@ def shard_db_inventory(
 
 
 @dg.asset(
+    key=SHARD_STORAGE_INVENTORY_KEY,
     group_name=SHARDS_GROUP,
     partitions_def=shard_partitions,
     kinds={"s3", "parquet"},
@@ -261,6 +276,7 @@ def shard_storage_inventory(
 
 
 @dg.asset(
+    key=SHARD_REPORT_KEY,
     group_name=SHARDS_GROUP,
     partitions_def=shard_partitions,
     kinds={"pandas", "parquet"},
@@ -303,12 +319,13 @@ def shard_report(
 
 
 MERGED_CHECK_SPECS = [
-    dg.AssetCheckSpec(kind, asset="sharded_report", description=FINDING_CHECK_DESCRIPTIONS[kind])
+    dg.AssetCheckSpec(kind, asset=SHARDED_REPORT_KEY, description=FINDING_CHECK_DESCRIPTIONS[kind])
     for kind in FINDING_KINDS
 ]
 
 
 @dg.asset(
+    key=SHARDED_REPORT_KEY,
     group_name=SHARDS_GROUP,
     kinds={"pandas", "parquet"},
     io_manager_key=SHARD_IO_MANAGER,

@@ -6,12 +6,12 @@ the last storage id it judged), judges each partition's report with the core pol
 sanity checks of the report's run, once that run has ended) and launches the
 `remediate` job for that partition: applied when the policy allows it, else a dry run whose
 tags say why. The run key is the materialization's storage id, so a re-evaluated tick never
-launches twice. The freshness sensor of the checks runs here too (it is a policy on when a
-reconciliation must have happened).
+launches twice. The sensor names the report asset and the job by string (integrity.defs.names):
+remediation imports nothing of the reconciliation domain.
 """
 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
-# annotation as an object (see assets.py).
+# annotation as an object (see reconciliation/assets.py).
 
 import time
 from typing import Any
@@ -19,10 +19,19 @@ from typing import Any
 import dagster as dg
 from dagster import SensorEvaluationContext
 
-from integrity.checks import DB_INVENTORY_CHECK, STORAGE_INVENTORY_CHECK
-from integrity.defs.checks import REPORT_KEY, freshness_sensors
 from integrity.defs.intervals import sensor_interval
-from integrity.defs.remediation import REMEDIATE_JOB
+from integrity.defs.names import (
+    AUTO_REMEDIATION_REASON_TAG,
+    AUTO_REMEDIATION_TAG,
+    DB_INVENTORY_CHECK,
+    REMEDIATE_JOB,
+    REMEDIATE_OP,
+    REPORT_KEY,
+    REPORT_STORAGE_ID_TAG,
+    STORAGE_INVENTORY_CHECK,
+    TENANT_TAG,
+    TRIGGER_TAG,
+)
 from integrity.defs.resources import SpecResource
 from integrity.diff import ReconciliationReport
 from integrity.errors import IntegrityError
@@ -30,13 +39,6 @@ from integrity.policy import SKIP, Decision, allowed_kinds, decide
 from integrity.remediation import writes_allowed
 
 AUTO_REMEDIATION_SENSOR = "auto_remediation_sensor"
-TRIGGER_TAG = "integrity/trigger"
-MODE_TAG = "integrity/auto_remediation"
-"""`apply` or `dry_run`."""
-REASON_TAG = "integrity/auto_remediation_reason"
-TENANT_TAG = "integrity/tenant"
-REPORT_TAG = "integrity/report_storage_id"
-REMEDIATE_OP = "apply_remediation"
 REPORTS_PER_TICK = 50
 TICK_BUDGET_SECONDS = 30.0
 """Reports are judged until this much time has passed; the rest wait for the next tick."""
@@ -72,10 +74,10 @@ def remediation_request(
         },
         tags={
             TRIGGER_TAG: AUTO_REMEDIATION_SENSOR,
-            MODE_TAG: decision.mode,
-            REASON_TAG: reason,
+            AUTO_REMEDIATION_TAG: decision.mode,
+            AUTO_REMEDIATION_REASON_TAG: reason,
             TENANT_TAG: partition,
-            REPORT_TAG: str(storage_id),
+            REPORT_STORAGE_ID_TAG: str(storage_id),
         },
     )
 
@@ -195,4 +197,4 @@ def auto_remediation_sensor(
     return dg.SensorResult(skip_reason="; ".join(notes) or "nothing to remediate", cursor=cursor)
 
 
-policy_sensors: list[dg.SensorDefinition] = [auto_remediation_sensor, *freshness_sensors]
+remediation_sensors: list[dg.SensorDefinition] = [auto_remediation_sensor]

@@ -24,32 +24,34 @@ import dagster as dg
 from dagster import AssetCheckExecutionContext, SensorEvaluationContext
 
 from integrity.checks import (
-    DB_INVENTORY_CHECK,
-    FRESHNESS_CHECK,
     PASSED,
-    STORAGE_INVENTORY_CHECK,
     WARN,
     CheckOutcome,
     evaluate_findings,
     evaluate_freshness,
     evaluate_inventory,
 )
-from integrity.defs.assets import (
+from integrity.defs.helpers import fail_clearly, load_report
+from integrity.defs.intervals import sensor_interval
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import (
+    DB_INVENTORY_CHECK,
+    FRESHNESS_CHECK,
+    FRESHNESS_JOB,
+    REPORT_KEY,
+    STORAGE_INVENTORY_CHECK,
+    TRIGGER_TAG,
+)
+from integrity.defs.partitions import TENANTS, tenant_partitions
+from integrity.defs.reconciliation.assets import (
     db_inventory,
-    fail_clearly,
     reconciliation_report,
     storage_inventory,
 )
-from integrity.defs.intervals import sensor_interval
-from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.partitions import TENANTS, tenant_partitions
-from integrity.defs.remediation import load_report
 from integrity.defs.resources import SpecResource
 from integrity.errors import IntegrityError
 from integrity.kinds import KINDS, KindRegistry
 
-REPORT_KEY = reconciliation_report.key
-FRESHNESS_JOB = "reconciliation_freshness"
 FRESHNESS_SENSOR = "reconciliation_freshness_sensor"
 FRESHNESS_INTERVAL_SECONDS = 900
 """How often the freshness sensor looks; it launches a check run only when the state changes."""
@@ -317,7 +319,7 @@ def reconciliation_freshness_sensor(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key,
-                tags={"integrity/trigger": FRESHNESS_SENSOR},
+                tags={TRIGGER_TAG: FRESHNESS_SENSOR},
             )
         ],
         cursor=new_cursor,

@@ -11,10 +11,9 @@ failed; `rollback` undoes it.
 """
 
 # No `from __future__ import annotations` here: Dagster 1.13 checks the `context` parameter's
-# annotation as an object (see assets.py).
+# annotation as an object (see reconciliation/assets.py).
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -22,8 +21,15 @@ import sqlalchemy as sa
 from dagster import OpExecutionContext
 from pydantic import Field
 
-from integrity.defs.assets import fail_clearly
-from integrity.defs.io_managers import REPORT_FILE, ParquetSnapshotIOManager
+from integrity.defs.helpers import fail_clearly, load_report
+from integrity.defs.io_managers import ParquetSnapshotIOManager
+from integrity.defs.names import (
+    REMEDIATE_JOB,
+    REMEDIATE_OP,
+    REMEDIATION_TAG,
+    ROLLBACK_JOB,
+    ROLLBACK_OP,
+)
 from integrity.defs.resources import DatabaseResource, QueueResource, SpecResource, StorageResource
 from integrity.diff import ACTION_KINDS, ReconciliationReport
 from integrity.inventory import ALL_TENANTS, db_error_reason
@@ -51,12 +57,8 @@ from integrity.remediation.rollback import (
 )
 from integrity.spec import check_tenant
 
-REMEDIATION_TAG = "integrity/remediation"
-"""Run tag on both jobs; dagster.yaml's run queue allows one such run at a time."""
 REMEDIATION_TAGS = {REMEDIATION_TAG: "true"}
-REMEDIATE_JOB = "remediate"
-ROLLBACK_JOB = "rollback"
-REPORT_ASSET = dg.AssetKey("reconciliation_report")
+"""On both jobs; dagster.yaml's run queue allows one such run at a time."""
 INTERRUPTED_IDS_SHOWN = 10
 
 
@@ -78,7 +80,8 @@ class RemediationConfig(dg.Config):
         f"({ALL_TENANTS!r}: the whole-bucket report).",
     )
     status: str | None = Field(
-        default=None, description="Only act on findings whose row or job is in this status."
+        default=None,
+        description="Only act on findings whose row or processing job is in this status.",
     )
     batch_size: int = Field(
         default=100, description="Findings per batch; each batch is one transaction (at least 1)."
@@ -140,23 +143,6 @@ class RollbackConfig(dg.Config):
     batch_size: int = Field(
         default=100, description="Audit records restored per transaction (at least 1)."
     )
-
-
-def report_path(io_manager: ParquetSnapshotIOManager, tenant: str) -> Path:
-    """Where the snapshot IO manager keeps the report of this tenant partition."""
-    context = dg.build_input_context(asset_key=REPORT_ASSET, partition_key=tenant)
-    return io_manager.snapshot_dir(context) / REPORT_FILE
-
-
-def load_report(io_manager: ParquetSnapshotIOManager, tenant: str) -> ReconciliationReport:
-    path = report_path(io_manager, tenant)
-    if not path.is_file():
-        raise dg.Failure(
-            description=f"no reconciliation_report snapshot for partition {tenant!r} "
-            f"(looked in {path.parent}): materialize reconciliation_report for partition "
-            f"{tenant!r} first"
-        )
-    return ReconciliationReport.load(path)
 
 
 def _database_failure(database: DatabaseResource, exc: sa.exc.SQLAlchemyError) -> dg.Failure:
@@ -230,7 +216,7 @@ def _counts_text(result: RemediationResult) -> str:
     return ", ".join(f"{name} {result.counts[name]}" for name in COUNT_NAMES)
 
 
-@dg.op
+@dg.op(name=REMEDIATE_OP)
 def apply_remediation(
     context: OpExecutionContext,
     config: RemediationConfig,
@@ -312,7 +298,7 @@ def apply_remediation(
     context.log.info(completed_line(report, result))
 
 
-@dg.op
+@dg.op(name=ROLLBACK_OP)
 def apply_rollback(
     context: OpExecutionContext, config: RollbackConfig, database: DatabaseResource
 ) -> None:

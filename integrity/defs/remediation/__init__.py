@@ -1,0 +1,1 @@
+"""Remediation: the remediate and rollback jobs, and the auto-remediation sensor."""
