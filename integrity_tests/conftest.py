@@ -14,7 +14,34 @@ import sqlalchemy as sa
 from integrity.remediation import ledger
 from integrity.schema import create_reference_schema, drop_reference_schema
 
-POSTGRES_URL = os.environ.get("INTEGRITY_TEST_POSTGRES_URL")
+
+def _database_of_this_worker(url: str | None) -> str | None:
+    """Under pytest-xdist each worker gets a database of its own, next to the configured one.
+
+    The PostgreSQL fixtures drop and create the reference schema and the ledger; two workers on
+    one database would drop each other's tables mid-test.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    base = sa.make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _database_of_this_worker(os.environ.get("INTEGRITY_TEST_POSTGRES_URL"))
+if POSTGRES_URL:
+    os.environ["INTEGRITY_TEST_POSTGRES_URL"] = POSTGRES_URL
 
 
 @pytest.fixture(scope="session")

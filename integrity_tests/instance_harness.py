@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import dagster as dg
+import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
+
+from integrity_tests.conftest import POSTGRES_URL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -233,6 +236,10 @@ class RunningInstance:
             return status if status in TERMINAL_STATUSES else None
 
         return self.wait_for(f"run {run_id} finished", finished, timeout)
+
+    def terminate(self, run_id: str) -> None:
+        """What the UI's "Terminate" does: a queued run is canceled before it starts."""
+        self.client().terminate_run(run_id)
 
     def launch_backfill(
         self,
@@ -529,3 +536,23 @@ def running_instance(
         _stop_all(list(running.processes.values()))
         for log in logs:
             log.close()
+
+
+@contextmanager
+def scratch_database(suffix: str = "dagster_e2e") -> Iterator[str]:
+    """A fresh PostgreSQL database for the Dagster instance, next to the test database."""
+    url = sa.make_url(POSTGRES_URL)
+    name = f"{url.database}_{suffix}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        # dagster-postgres needs psycopg2 named (see deploy/production/dagster.yaml).
+        yield url.set(drivername="postgresql+psycopg2", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
