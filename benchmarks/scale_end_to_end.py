@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from scale_world import BUCKET, build_world  # noqa: E402
+from scale_world import BUCKET, build_world, reference_tables  # noqa: E402
 
 from integrity_tests.inventory_reports import (  # noqa: E402
     DirectoryDestination,
@@ -139,48 +139,8 @@ def ingest_rows(world: Path, admin_url: str, database: str) -> tuple[str, float]
     engine.dispose()
     started = time.perf_counter()
     uri = f"postgresql://{url.username or 'postgres'}@{url.host or '127.0.0.1'}:{url.port or 5432}/{database}"
-    renames = {
-        "documents": (
-            "documents",
-            {"row_id": "id", "tenant": "organization_id", "r2_key": "r2_key"},
-        ),
-        "images": ("images", {"row_id": "id", "tenant": "project_id"}),
-        "__jobs__": ("processing_jobs", {"key": "object_key"}),
-        "__plans__": (
-            "plans",
-            {
-                "row_id": "plan_id",
-                "tenant": "organization_id",
-                "project": "project_id",
-                "completed": "completed_pages",
-                "total": "total_pages",
-            },
-        ),
-    }
     with adbc.connect(uri) as conn:
-        for name, (table, names) in renames.items():
-            data = pq.read_table(world / "database" / f"{name}.parquet")
-            data = data.rename_columns([names.get(c, c) for c in data.column_names])
-            if table == "documents":
-                data = data.append_column("created_at", data.column("updated_at"))
-            if table == "processing_jobs":
-                data = data.append_column("attempts", pa.array([0] * data.num_rows, pa.int32()))
-            if table == "plans" and "project_id" not in data.column_names:
-                data = data.append_column("project_id", data.column("organization_id"))
-            for column in data.column_names:
-                if column in ("completed_pages", "total_pages"):  # INTEGER columns
-                    data = data.set_column(
-                        data.column_names.index(column),
-                        column,
-                        data.column(column).cast(pa.int32()),
-                    )
-                if pa.types.is_timestamp(data.schema.field(column).type):
-                    # the reference schema's columns are naive UTC timestamps
-                    data = data.set_column(
-                        data.column_names.index(column),
-                        column,
-                        data.column(column).cast(pa.timestamp("us")),
-                    )
+        for table, data in reference_tables(world):
             with conn.cursor() as cursor:
                 cursor.adbc_ingest(table, data, mode="append")
             conn.commit()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,9 +106,15 @@ def _faults(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_world(
-    n_objects: int, directory: str | Path, *, seed: int = 7, now: datetime | None = None
+    n_objects: int,
+    directory: str | Path,
+    *,
+    seed: int = 7,
+    now: datetime | None = None,
+    bucket: str = BUCKET,
 ) -> ScaleWorld:
-    """Write a world of about n_objects objects and as many rows into directory."""
+    """Write a world of about n_objects objects and as many rows into directory (the rows'
+    virtual-hosted URLs name `bucket`)."""
     started = time.perf_counter()
     directory = Path(directory)
     rng = np.random.default_rng(seed)
@@ -170,7 +177,7 @@ def build_world(
     reference = recorded_keys
     url = fault == 6
     reference = pc.if_else(
-        pa.array(url), join(f"https://{BUCKET}.s3.amazonaws.com/", recorded_keys), reference
+        pa.array(url), join(f"https://{bucket}.s3.amazonaws.com/", recorded_keys), reference
     )
     reference = pc.if_else(pa.array(fault == 8), join("s3://other-bucket/", keys), reference)
     created = timestamps(rng, now, n_docs, (3, 400))
@@ -268,7 +275,7 @@ def build_world(
 
     objects = pa.concat_tables(object_parts)
     storage_meta = {
-        "bucket": BUCKET,
+        "bucket": bucket,
         "backend": "s3",
         "prefixes": [""],
         "complete": True,
@@ -303,6 +310,46 @@ def build_world(
         seconds=time.perf_counter() - started,
         tables=sorted(tables),
     )
+
+
+REFERENCE_TABLES = {
+    # world table -> (reference schema table, {world column: schema column})
+    "documents": ("documents", {"row_id": "id", "tenant": "organization_id"}),
+    "images": ("images", {"row_id": "id", "tenant": "project_id"}),
+    "__jobs__": ("processing_jobs", {"key": "object_key"}),
+    "__plans__": (
+        "plans",
+        {
+            "row_id": "plan_id",
+            "tenant": "organization_id",
+            "project": "project_id",
+            "completed": "completed_pages",
+            "total": "total_pages",
+        },
+    ),
+}
+
+
+def reference_tables(directory: str | Path) -> Iterator[tuple[str, pa.Table]]:
+    """The world's rows as the reference schema's tables (integrity/schema.py): its column
+    names, the columns the world leaves out, INTEGER page counts and naive UTC timestamps."""
+    for name, (table, names) in REFERENCE_TABLES.items():
+        data = pq.read_table(Path(directory) / "database" / f"{name}.parquet")
+        data = data.rename_columns([names.get(c, c) for c in data.column_names])
+        if table == "documents":
+            data = data.append_column("created_at", data.column("updated_at"))
+        if table == "processing_jobs":
+            data = data.append_column("attempts", pa.array([0] * data.num_rows, pa.int32()))
+        if table == "plans" and "project_id" not in data.column_names:
+            data = data.append_column("project_id", data.column("organization_id"))
+        for column in data.column_names:
+            index = data.column_names.index(column)
+            if column in ("completed_pages", "total_pages"):  # INTEGER columns
+                data = data.set_column(index, column, data.column(column).cast(pa.int32()))
+            if pa.types.is_timestamp(data.schema.field(column).type):
+                # the reference schema's columns are naive UTC timestamps
+                data = data.set_column(index, column, data.column(column).cast(pa.timestamp("us")))
+        yield table, data
 
 
 def main() -> None:
