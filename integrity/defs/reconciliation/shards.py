@@ -264,7 +264,7 @@ def shard_storage_inventory(
     after, end = shard_plan.key_range(shard)
     context.add_output_metadata(
         {
-            "objects_listed": dg.MetadataValue.int(len(inventory.objects)),
+            "objects_listed": dg.MetadataValue.int(inventory.count),
             "requests": dg.MetadataValue.int(inventory.requests),
             "seconds": dg.MetadataValue.float(inventory.seconds),
             "start_after": dg.MetadataValue.text(repr(after)[:300]),
