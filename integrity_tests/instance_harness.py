@@ -556,3 +556,19 @@ def scratch_database(suffix: str = "dagster_e2e") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def log_tails_on_failure(request: Any, names: tuple[str, ...]) -> Iterator[None]:
+    """The body of an autouse fixture: after a failed test, the tails of the webserver's and the
+    daemon's logs of each running instance the test used (fixtures `names`). Returns the
+    terminal reporter when the test failed, for a caller that shows more."""
+    failed_before = request.session.testsfailed
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if request.session.testsfailed == failed_before or reporter is None:
+        return None
+    for name in names:
+        if name in request.fixturenames:
+            running: RunningInstance = request.getfixturevalue(name)
+            reporter.write_line(f"{name}:\n{running.log_tails()}")
+    return reporter

@@ -57,6 +57,7 @@ from integrity_tests.instance_harness import (
     PRODUCTION_DAGSTER_YAML,
     RunningInstance,
     free_port,
+    log_tails_on_failure,
     running_instance,
     scratch_database,
 )
@@ -294,17 +295,9 @@ def instance(production: RunningInstance) -> Iterator[dg.DagsterInstance]:
 
 @pytest.fixture(autouse=True)
 def _log_tails_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a failed test, show the tails of the webserver's and the daemon's logs."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed == failed_before:
-        return
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for name in ("local_instance", "production"):
-        if name in request.fixturenames and reporter is not None:
-            running: RunningInstance = request.getfixturevalue(name)
-            reporter.write_line(f"{name}:\n{running.log_tails()}")
-    if "instance" in request.fixturenames and reporter is not None:
+    """After a failed test, the instance's log tails and the reasons of its failed runs."""
+    reporter = yield from log_tails_on_failure(request, ("production",))
+    if reporter is not None and "instance" in request.fixturenames:
         reporter.write_line(failed_run_reasons(request.getfixturevalue("instance")))
 
 

@@ -28,6 +28,7 @@ from integrity_tests.instance_harness import (
     LOCAL_DAGSTER_YAML,
     PRODUCTION_DAGSTER_YAML,
     RunningInstance,
+    log_tails_on_failure,
     prepare_home,
     running_instance,
     scratch_database,
@@ -42,14 +43,7 @@ RUN_SECONDS = 120
 @pytest.fixture(autouse=True)
 def _log_tails_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a failed test, show the tails of the webserver's and the daemon's logs."""
-    failed_before = request.session.testsfailed
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if request.session.testsfailed == failed_before or reporter is None:
-        return
-    if "local_instance" in request.fixturenames:
-        running: RunningInstance = request.getfixturevalue("local_instance")
-        reporter.write_line(f"local_instance:\n{running.log_tails()}")
+    yield from log_tails_on_failure(request, ("local_instance",))
 
 
 # --------------------------------------------------------------------------- instance storage
