@@ -114,16 +114,25 @@ def build_world(root: Path, n: int) -> float:
         shutil.rmtree(bucket)
     made: set[str] = set()
     for i, key in enumerate(world_keys(n)):
-        path = bucket / key
-        parent = str(path.parent)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-        os.ftruncate(fd, i % 4096)
-        os.close(fd)
+        write_sparse_file(bucket / key, i % 4096, made)
     marker.touch()
     return time.perf_counter() - started
+
+
+def write_sparse_file(path: Path, size: int, made: set[str], mtime_ns: int | None = None) -> None:
+    """One object of a world: a sparse file of `size` bytes (its directory made once, `made`
+    remembering which), with the given mtime when there is one."""
+    parent = str(path.parent)
+    if parent not in made:
+        os.makedirs(parent, exist_ok=True)
+        made.add(parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def build_reference_world(root: Path, n: int) -> dict:
@@ -162,15 +171,7 @@ def build_reference_world(root: Path, n: int) -> dict:
     ):
         stamps = batch.column("last_modified").cast("int64").to_numpy() * 1_000  # us -> ns
         for key, stamp in zip(batch.column("key").to_pylist(), stamps.tolist(), strict=True):
-            path = bucket / key
-            parent = str(path.parent)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-            os.ftruncate(fd, index % 4096 + 1)
-            os.utime(fd, ns=(stamp, stamp))
-            os.close(fd)
+            write_sparse_file(bucket / key, index % 4096 + 1, made, mtime_ns=stamp)
             index += 1
     files_s = time.perf_counter() - started
 
