@@ -221,6 +221,8 @@ def writer_race(
         if row.status != "error":
             continue
         mark = marks[row_id]["updated_at"]
+        if isinstance(mark, str):  # SQLite's text timestamp, as the audit records it
+            mark = datetime.fromisoformat(mark)
         committed = next(c for c in commits if c >= mark)
         head = store.head(keys[row_id])
         if row_id in acked and acked[row_id] < mark:

@@ -739,6 +739,24 @@ def test_rollback_restores_exactly_what_was_there(world: World) -> None:
     assert listing(world.store) == objects
 
 
+def test_an_audit_record_writes_old_and_new_values_in_one_form(world: World) -> None:
+    """`before` is read raw (SQLite's text timestamps, PostgreSQL's timestamps) and `after` is
+    recorded as the database stores it, so a person reading the JSON sees one form per column."""
+    plant_every_kind(world)
+    applied = apply(world, world.reconcile(), max_change_ratio=1.0)
+    records = [r for r in ledger_rows(world.engine, audit, run_id=applied.run_id) if r["before"]]
+    assert {r["action"] for r in records} >= {"mark_error", "reset_job", "fix_progress"}
+    for record in records:
+        before, after = json.loads(record["before"]), json.loads(record["after"])
+        for column in before.keys() & after.keys():
+            if before[column] is not None and after[column] is not None:
+                assert type(before[column]) is type(after[column]), (record["action"], column)
+        if world.engine.dialect.name == "sqlite":
+            assert "$datetime" not in record["after"]
+        else:
+            assert isinstance(after["updated_at"], dict) and "$datetime" in after["updated_at"]
+
+
 def test_rollback_skips_rows_changed_since_the_run(world: World) -> None:
     engine = world.engine
     plant_every_kind(world)

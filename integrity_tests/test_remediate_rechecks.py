@@ -196,10 +196,11 @@ def test_a_store_failing_every_head_stops_the_run_within_its_budget(
     missing_documents(world, [f"gone-{n:02d}" for n in range(30)])
     report = world.reconcile()
     before = documents(engine)
-    # batch 1: 10 HEADs to re-check, 10 under the row lock, 10 after the commit. Then each HEAD
-    # fails after 3 attempts of 2 requests of 0.25 s, longer than the budget left: the 5 in
-    # flight end as unverified, the next ones find the budget spent.
-    proxy.fail_heads_after, proxy.fail_delay = 30, 0.25
+    # batch 1: 10 HEADs to re-check, 10 under the row lock, 10 after the commit, well inside the
+    # 3 s budget even on a loaded machine. Then each HEAD fails after 3 attempts of 2 requests of
+    # 0.75 s (4.5 s), longer than the whole budget, so however long batch 1 took, the 5 in flight
+    # end as unverified and the next ones find the budget spent.
+    proxy.fail_heads_after, proxy.fail_delay = 30, 0.75
 
     with pytest.raises(RecheckBudgetExhausted) as raised:
         remediate(
@@ -207,13 +208,13 @@ def test_a_store_failing_every_head_stops_the_run_within_its_budget(
             engine,
             world.spec,
             store,
-            RemediationOptions(dry_run=False, batch_size=10, force=True, recheck_budget=1.0),
+            RemediationOptions(dry_run=False, batch_size=10, force=True, recheck_budget=3.0),
             environ=ALLOW,
         )
 
     result = raised.value.result
     message = str(raised.value)
-    assert message.startswith("storage re-checks ran out of their 1s time budget in batch 2 of 3")
+    assert message.startswith("storage re-checks ran out of their 3s time budget in batch 2 of 3")
     assert f"(remediation run {result.run_id}, recorded as failed)" in message
     counts = result.counts
     assert counts["marked_error"] == 10 and proxy.heads_failed > 0

@@ -638,15 +638,37 @@ def _bound(cols: _TableColumns, values: dict[str, Any]) -> dict[str, Any]:
     return bound
 
 
+def _stored(
+    cols: _TableColumns, values: dict[str, Any] | None, dialect: sa.Dialect | None
+) -> dict[str, Any] | None:
+    """New values as the database stores them, so that an audit record's `before` (read raw) and
+    `after` have one form: SQLite's text timestamps and 0/1 booleans, PostgreSQL's own types."""
+    if values is None or dialect is None:
+        return values
+    stored: dict[str, Any] = {}
+    for column, value in values.items():
+        kind: sa.types.TypeEngine[Any] | None = None
+        if isinstance(value, datetime):
+            kind = sa.DateTime(timezone=column in cols.aware)
+        elif isinstance(value, bool):
+            kind = sa.Boolean()
+        process = kind.dialect_impl(dialect).bind_processor(dialect) if kind else None
+        stored[column] = process(value) if process else value
+    return stored
+
+
 def _change(
     action: str,
     finding: Any,
     cols: _TableColumns,
     row_key: Any,
     before: dict[str, Any] | None,
-    after: dict[str, Any],
+    after: dict[str, Any] | None,
+    dialect: sa.Dialect | None = None,
 ) -> dict[str, Any]:
-    """One audit record: which row of which table, by which action and finding, from what to what."""
+    """One audit record: which row of which table, by which action and finding, from what to
+    what (the new values as `dialect` stores them, like the old ones read raw)."""
+    after = _stored(cols, after, dialect)
     return {
         "action": action,
         "kind": finding.kind,
@@ -724,6 +746,7 @@ def _mark_error(
                     cols.identity(row),
                     {c: row[c] for c in after},
                     after,
+                    conn.dialect,
                 )
                 for finding, row in items
             ],
@@ -915,7 +938,7 @@ def _requeue_or_retry(
     def record(
         finding: Any, action: str, before: dict[str, Any] | None, after: dict[str, Any]
     ) -> None:
-        records.append(_change(action, finding, cols, finding.key, before, after))
+        records.append(_change(action, finding, cols, finding.key, before, after, conn.dialect))
 
     if creates:
         new_table = table_clause(
@@ -1020,7 +1043,9 @@ def _fix_progress(
         for finding, row in items:
             before = {c: row[c] for c in after}
             records.append(
-                _change("fix_progress", finding, cols, cols.identity(row), before, after)
+                _change(
+                    "fix_progress", finding, cols, cols.identity(row), before, after, conn.dialect
+                )
             )
     _audit(conn, ctx, records)
 
