@@ -1,7 +1,7 @@
 """Event-driven triggers of `process_document`: new objects, bucket notifications, re-queue.
 
 The nightly reconciliation is the safety net; these sensors are the everyday path. Each is a
-thin shell over integrity.events: bounded work per tick, a JSON cursor, run keys built from
+thin shell over the `integrity.events` package: bounded work per tick, a JSON cursor, run keys built from
 stable values, and at-least-once hand-over. A queue message (or a re-queue row) is deleted
 (marked taken) only on the tick after the one that requested its run, because by then Dagster
 has recorded that tick's run requests together with its cursor.
@@ -33,22 +33,12 @@ from integrity.defs.resources import (
     StorageResource,
 )
 from integrity.errors import IntegrityError, QueueError
-from integrity.events import (
-    IGNORED_REASONS,
-    DeleteOutcome,
-    EventSettings,
-    InboxCursor,
-    KeyFilter,
-    ObjectEvent,
-    PollResult,
-    SqsInbox,
-    WatchCursor,
-    decide,
-    known_upload_keys,
-    parse_requeue_message,
-    poll_new_objects,
-    unique_by_run_key,
-)
+from integrity.events.cursors import InboxCursor, WatchCursor
+from integrity.events.filters import IGNORED_REASONS, KeyFilter, decide, unique_by_run_key
+from integrity.events.messages import ObjectEvent, parse_requeue_message
+from integrity.events.poll import PollResult, known_upload_keys, poll_new_objects
+from integrity.events.settings import EventSettings, event_settings_from
+from integrity.events.sqs import DeleteOutcome, SqsInbox
 from integrity.inventory import db_error_reason, minimal_prefixes
 from integrity.remediation.queue import mark_taken, peek_pending
 
@@ -132,7 +122,7 @@ def new_object_sensor(
     request objects modified since the previous pass began.
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
         loaded = spec.load()
         store = storage.get_store()
     except IntegrityError as exc:
@@ -217,7 +207,7 @@ def bucket_notification_sensor(
     key and etag collapse duplicates and redeliveries).
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
     except IntegrityError as exc:
         return dg.SkipReason(str(exc))
     if not conf.events_queue_url:
@@ -348,7 +338,7 @@ def requeue_sensor(
     their runs; run keys per entry make a re-emitted request collapse.
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
         bucket = storage.bucket or storage.get_store().bucket  # no client just for a name
     except IntegrityError as exc:
         return dg.SkipReason(str(exc))
