@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from integrity import schema, settings
 from integrity.errors import UsageError
 from integrity.events.cursors import InboxCursor, WatchCursor
-from integrity.events.filters import KeyFilter, decide
+from integrity.events.filters import KeyFilter, admit
 from integrity.events.messages import parse_notification, parse_requeue_message, run_key
 from integrity.events.poll import PollLimits, known_upload_keys, poll_new_objects
 from integrity.events.settings import event_settings_from
@@ -212,15 +212,15 @@ def test_filters_and_decisions() -> None:
         InboxMessage("m5", "h5", json.dumps({"Event": "s3:TestEvent", "Bucket": "uploads"})),
         InboxMessage("m6", "h6", "{"),
     ]
-    decisions = decide(messages, bucket="uploads", key_filter=key_filter)
-    assert [[e.key for e in d.requests] for d in decisions] == [["documents/o/a.pdf"]] + [[]] * 5
-    assert [dict(d.ignored) for d in decisions[1:5]] == [
+    admissions = admit(messages, bucket="uploads", key_filter=key_filter)
+    assert [[e.key for e in d.requests] for d in admissions] == [["documents/o/a.pdf"]] + [[]] * 5
+    assert [dict(d.ignored) for d in admissions[1:5]] == [
         {"other_bucket": 1},
         {"filtered": 1},
         {"not_created": 1},
         {"test_event": 1},
     ]
-    assert decisions[5].dead_letter and not decisions[0].dead_letter
+    assert admissions[5].dead_letter and not admissions[0].dead_letter
 
 
 def test_cursors_round_trip_and_survive_garbage() -> None:

@@ -34,7 +34,7 @@ class KeyFilter:
 
 
 @dataclass
-class Decision:
+class Admission:
     """What to do with one message: request runs, dead-letter it, or just delete it."""
 
     message: InboxMessage
@@ -46,31 +46,31 @@ class Decision:
 IGNORED_REASONS = ("test_event", "other_bucket", "filtered", "not_created")
 
 
-def decide(
+def admit(
     messages: Iterable[InboxMessage],
     *,
     bucket: str,
     key_filter: KeyFilter,
     parse: Callable[[object], ParsedMessage] = parse_notification,
-) -> list[Decision]:
-    """One decision per message; the valid records of a partly malformed message are kept."""
-    decisions = []
+) -> list[Admission]:
+    """One admission per message; the valid records of a partly malformed message are kept."""
+    admissions = []
     for message in messages:
         parsed = parse(message.body)
-        decision = Decision(message, dead_letter=parsed.reason or None)
+        admission = Admission(message, dead_letter=parsed.reason or None)
         if parsed.format == "s3-test":
-            decision.ignored["test_event"] += 1
+            admission.ignored["test_event"] += 1
         for event in parsed.events:
             if event.bucket != bucket:
-                decision.ignored["other_bucket"] += 1
+                admission.ignored["other_bucket"] += 1
             elif not event.created:
-                decision.ignored["not_created"] += 1
+                admission.ignored["not_created"] += 1
             elif not key_filter.accepts(event.key):
-                decision.ignored["filtered"] += 1
+                admission.ignored["filtered"] += 1
             else:
-                decision.requests.append(event)
-        decisions.append(decision)
-    return decisions
+                admission.requests.append(event)
+        admissions.append(admission)
+    return admissions
 
 
 def unique_by_run_key(events: Iterable[ObjectEvent]) -> list[ObjectEvent]:
