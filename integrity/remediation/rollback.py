@@ -52,14 +52,15 @@ from integrity.remediation.rows import (
 )
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
-ROLLBACK_COUNTS = (
-    "restored",
-    "removed",
-    "unchanged",
-    "skipped_changed",
-    "queue_cancelled",
-    "queue_already_delivered",
-)
+# What a rollback counts, in report order, and what each count means (for people reading it).
+ROLLBACK_COUNTS: dict[str, str] = {
+    "restored": "rows given back their values from before the run",
+    "removed": "rows the run created, removed",
+    "unchanged": "records that changed nothing (a queue entry only)",
+    "skipped_changed": "rows changed since the run: left as they are",
+    "queue_cancelled": "queue entries not yet delivered: cancelled",
+    "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
+}
 
 
 class TargetStillRunning(RemediationRefused):
