@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from integrity.clock import naive_utcnow
 from integrity.errors import IntegrityError
 from integrity.processing import render, state
 from integrity.processing.render import BadInput
@@ -218,7 +219,7 @@ class _Run:
                         state.DOCUMENT_COMPLETE
                     )
                 if upload_done and not images:  # another run finished between read and claim
-                    state.finish_job(self.engine, spec.jobs, key, state.utcnow())
+                    state.finish_job(self.engine, spec.jobs, key, naive_utcnow())
                     return self._done("already_processed", "another run completed it just now")
             if head.size > self.options.max_object_bytes:
                 raise BadInput(
@@ -238,7 +239,7 @@ class _Run:
         if self.spec.jobs is None:
             self.claimed = True
             return
-        now = state.utcnow()
+        now = naive_utcnow()
         self.claimed = state.claim_job(
             self.engine, self.spec.jobs, self.key, stale_after=self.options.stale_after, now=now
         )
@@ -298,10 +299,10 @@ class _Run:
                 self._stage(first, images)
             if tenant is not None:
                 plan = self._tile(tenant, pdf, image, pages, workdir)
-                now = state.utcnow()
+                now = naive_utcnow()
                 state.finish_upload(self.engine, self.spec, self.key, tenant, plan, pages, now)
             else:
-                state.finish_job(self.engine, self.spec.jobs, self.key, state.utcnow())
+                state.finish_job(self.engine, self.spec.jobs, self.key, naive_utcnow())
         finally:
             if pdf is not None:
                 pdf.close()
@@ -311,7 +312,7 @@ class _Run:
         staged_key = state.staged_key_for(self.key, self.options.staged_max_side)
         self.store.put_bytes(staged_key, jpeg, TILE_CONTENT_TYPE)
         self.result.objects_written += 1
-        now = state.utcnow()
+        now = naive_utcnow()
         for row in rows:
             if state.set_staged(self.engine, row, staged_key, now):
                 self.say(f"{row.table.name} {row.id}: staged {staged_key} ({width}x{height})")
@@ -334,7 +335,7 @@ class _Run:
         prefix = plans.sheets_prefix.format(tenant=tenant, project=plan.project, plan=plan.plan_id)
         names = sheet_names(pages)
         present = self._present_descriptors(prefix, names)
-        state.start_plan(self.engine, plans, plan, pages, state.utcnow())
+        state.start_plan(self.engine, plans, plan, pages, naive_utcnow())
         done = len(present)
         self.result.sheets_skipped = done
         if done:

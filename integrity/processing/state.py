@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from integrity import identity
+from integrity.clock import naive_utcnow
 from integrity.database import split_table_name, table_clause
 from integrity.keys import like_escape, parse_reference
 from integrity.kinds import KINDS
@@ -27,11 +28,6 @@ FAILED = "failed"
 DOCUMENT_COMPLETE = "complete"
 IMAGE_READY_DEFAULT = "ready"
 ERROR_LIMIT = 500
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as the reference schema stores timestamps."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def one_line(text: str) -> str:
@@ -146,7 +142,9 @@ def fail_job(engine: sa.Engine, jobs: JobsSpec, key: str, error: str) -> None:
         conn.execute(
             sa.update(t)
             .where(t.c[jobs.key] == key, t.c[jobs.status].in_(jobs.processing_statuses))
-            .values({jobs.status: FAILED, jobs.error: one_line(error), jobs.updated_at: utcnow()})
+            .values(
+                {jobs.status: FAILED, jobs.error: one_line(error), jobs.updated_at: naive_utcnow()}
+            )
         )
 
 
@@ -311,7 +309,7 @@ def record_progress(engine: sa.Engine, plans: PlansSpec, plan: PlanRef, complete
                 t.c[plans.tenant] == plan.tenant,
                 t.c[plans.completed] < completed,
             )
-            .values({plans.completed: completed, plans.updated_at: utcnow()})
+            .values({plans.completed: completed, plans.updated_at: naive_utcnow()})
         )
 
 

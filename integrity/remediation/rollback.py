@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from integrity import identity
+from integrity.clock import utcnow
 from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
@@ -37,7 +38,6 @@ from integrity.remediation.ledger import (
     read_runs,
     remediation_runs,
     start_run,
-    utcnow,
 )
 from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
 from integrity.remediation.rows import (
