@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from integrity.inventory import (
     ALL_TENANTS,
-    JOBS,
     PLANS,
+    PROCESSING_JOBS,
     DatabaseInventory,
     StorageInventory,
     read_parquet,
@@ -370,7 +370,7 @@ def _unprocessed_uploads(
     ]
     if candidates.empty:
         return []
-    jobs = db.tables.get(JOBS)
+    jobs = db.tables.get(PROCESSING_JOBS)
     if jobs is None or jobs.empty:
         jobs = pd.DataFrame(columns=["key", "status", "started_at", "updated_at"])
     jobs = jobs.drop_duplicates("key").rename(
@@ -553,7 +553,7 @@ def _table_rows(db: DatabaseInventory, spec: ReconciliationSpec) -> dict[str, in
     """Rows read per database table name (the names findings carry in their `table` column)."""
     names = {name: t.table for name, t in spec.tables.items()}
     if spec.jobs is not None:
-        names[JOBS] = spec.jobs.table
+        names[PROCESSING_JOBS] = spec.jobs.table
     if spec.plans is not None:
         names[PLANS] = spec.plans.table
     rows: dict[str, int] = {}

@@ -49,7 +49,13 @@ from integrity.diff import (
 )
 from integrity.engine import EngineLimits, EngineSession, connect, sql_literal
 from integrity.errors import IntegrityError
-from integrity.inventory import ALL_TENANTS, JOBS, PLANS, DatabaseInventory, StorageInventory
+from integrity.inventory import (
+    ALL_TENANTS,
+    PLANS,
+    PROCESSING_JOBS,
+    DatabaseInventory,
+    StorageInventory,
+)
 from integrity.keys import BACKENDS, S3_MAX_KEY_BYTES, normalized_array, usable_references
 from integrity.spec import ReconciliationSpec
 
@@ -447,10 +453,10 @@ class _ParquetDiff:
         jobs_spec = self.spec.jobs
         requeue = jobs_spec.requeue_statuses if jobs_spec else []
         processing = jobs_spec.processing_statuses if jobs_spec else []
-        if self._has_rows(JOBS):
+        if self._has_rows(PROCESSING_JOBS):
             jobs = f"""(SELECT key::VARCHAR AS key, status::VARCHAR AS status,
                     started_at::TIMESTAMPTZ AS started_at, updated_at::TIMESTAMPTZ AS updated_at,
-                    file_row_number AS jpos FROM {self._table(JOBS)})"""
+                    file_row_number AS jpos FROM {self._table(PROCESSING_JOBS)})"""
         else:
             jobs = (
                 "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS status, NULL::TIMESTAMPTZ AS "
@@ -807,7 +813,7 @@ def _table_rows(counts: dict[str, int], spec: ReconciliationSpec) -> dict[str, i
     """Rows read per database table name (the names findings carry in their `table` column)."""
     names = {name: t.table for name, t in spec.tables.items()}
     if spec.jobs is not None:
-        names[JOBS] = spec.jobs.table
+        names[PROCESSING_JOBS] = spec.jobs.table
     if spec.plans is not None:
         names[PLANS] = spec.plans.table
     rows: dict[str, int] = {}

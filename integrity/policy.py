@@ -47,7 +47,7 @@ def allowed_kinds(policy: PolicySpec, environ: Mapping[str, str] | None = None) 
 
 
 @dataclass(frozen=True)
-class Decision:
+class RemediationDecision:
     """What to launch for one report: apply, dry run or nothing, with which kinds and why."""
 
     mode: Mode
@@ -59,14 +59,14 @@ class Decision:
         return self.mode != APPLY
 
 
-def decide(
+def decide_remediation(
     report: ReconciliationReport,
     allowed: Sequence[str],
     *,
     max_change_ratio: float,
     writes_allowed: bool,
     failed_checks: Mapping[str, str] | None = None,
-) -> Decision:
+) -> RemediationDecision:
     """Apply only if every actionable kind present is allowed, the breaker passes and writes
     are opted in; else a dry run. Nothing for a report with nothing to act on, or an
     incomplete one (remediation refuses it, dry run or not).
@@ -76,7 +76,7 @@ def decide(
     database or bucket) would make every object an orphan to re-queue.
     """
     if not report.complete:
-        return Decision(
+        return RemediationDecision(
             SKIP,
             (),
             "the report is incomplete, so remediation would refuse it: "
@@ -85,7 +85,7 @@ def decide(
     counts = report.counts()
     present = tuple(kind for kind in ACTION_KINDS if counts[kind])
     if not present:
-        return Decision(SKIP, (), "nothing to act on")
+        return RemediationDecision(SKIP, (), "nothing to act on")
     try:
         plan_remediation(
             report,
@@ -98,15 +98,17 @@ def decide(
         # would be refused too), so a person still sees what else would change.
         # With no other kind, the dry run changes nothing but still shows the refusal.
         others = tuple(kind for kind in present if ACTIONS[kind] != "mark_error")
-        return Decision(DRY_RUN, others, str(exc).split(". ", 1)[0])
+        return RemediationDecision(DRY_RUN, others, str(exc).split(". ", 1)[0])
     if failed_checks:
         name, description = next(iter(sorted(failed_checks.items())))
-        return Decision(DRY_RUN, present, f"{name} failed: {description}")
+        return RemediationDecision(DRY_RUN, present, f"{name} failed: {description}")
     not_allowed = [kind for kind in present if kind not in allowed]
     if not_allowed:
-        return Decision(DRY_RUN, present, "the policy does not allow " + ", ".join(not_allowed))
+        return RemediationDecision(
+            DRY_RUN, present, "the policy does not allow " + ", ".join(not_allowed)
+        )
     if not writes_allowed:
-        return Decision(
+        return RemediationDecision(
             DRY_RUN, present, f"{settings.ENV_ALLOW_WRITES}=1 is not set for the sensor"
         )
-    return Decision(APPLY, present, "the policy allows " + ", ".join(present))
+    return RemediationDecision(APPLY, present, "the policy allows " + ", ".join(present))

@@ -42,9 +42,9 @@ import pyarrow.parquet as pq
 from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport, diff_inventories
 from integrity.errors import UsageError
 from integrity.inventory import (
-    JOBS,
     OBJECT_SCHEMA,
     PLANS,
+    PROCESSING_JOBS,
     DatabaseInventory,
     StorageInventory,
     covering_prefixes,
@@ -680,9 +680,9 @@ def _rejudge(
     tables: dict[str, pd.DataFrame] = {}
     for name, positions in affected.groupby("name")["position"]:
         tables[name] = db.tables[name].iloc[sorted(set(positions))].reset_index(drop=True)
-    jobs = db.tables.get(JOBS)
+    jobs = db.tables.get(PROCESSING_JOBS)
     if jobs is not None:
-        tables[JOBS] = jobs.loc[jobs["key"].isin(objects["key"])].reset_index(drop=True)
+        tables[PROCESSING_JOBS] = jobs.loc[jobs["key"].isin(objects["key"])].reset_index(drop=True)
     mini_db = DatabaseInventory(tables=tables)
 
     units = set(zip(affected["table"], affected["column"], affected["row_id"].astype(str)))

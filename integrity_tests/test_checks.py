@@ -35,7 +35,7 @@ from integrity.checks import (
     evaluate_kind,
 )
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.names import FRESHNESS_JOB
+from integrity.defs.names import FRESHNESS_JOB, REPORT_KEY, TRIGGER_TAG
 from integrity.defs.reconciliation.assets import reconciliation_assets
 from integrity.defs.reconciliation.checks import (
     freshness_job,
@@ -52,7 +52,6 @@ from integrity.spec import InventoryChecks, KindThresholds, default_spec, load_s
 from integrity.storage import LocalStorage
 from integrity_tests.dagster_world import EXPECTED
 
-REPORT = dg.AssetKey("reconciliation_report")
 ALL_CHECKS = {*FINDING_KINDS, STORAGE_INVENTORY_CHECK, DB_INVENTORY_CHECK, FRESHNESS_CHECK}
 NOW = datetime(2026, 1, 2, 3, 0, tzinfo=timezone.utc)
 
@@ -312,7 +311,7 @@ def test_each_partition_materialization_has_its_own_check_results(
         assert result.success
         by_name = evaluations(result)
         [materialization] = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=REPORT, asset_partitions=[partition]), limit=5
+            dg.AssetRecordsFilter(asset_key=REPORT_KEY, asset_partitions=[partition]), limit=5
         ).records
         expected_counts = EXPECTED[partition][0]
         for kind in FINDING_KINDS:
@@ -477,7 +476,7 @@ def set_max_age(spec: Path, max_age: str) -> None:
 
 def wait_until_older_than(instance: dg.DagsterInstance, seconds: float) -> None:
     """Sleep until the newest report materialization is older than `seconds`."""
-    [record] = instance.fetch_materializations(REPORT, limit=1).records
+    [record] = instance.fetch_materializations(REPORT_KEY, limit=1).records
     time.sleep(max(0.0, record.timestamp + seconds - time.time()))
 
 
@@ -547,7 +546,7 @@ def test_freshness_sensor_launches_the_check_once_per_stale_state(
     started_long_ago = json.dumps({"first_tick": two_hours_ago})
     never = tick(started_long_ago)
     [request] = never.run_requests
-    assert request.tags["integrity/trigger"] == "reconciliation_freshness_sensor"
+    assert request.tags[TRIGGER_TAG] == "reconciliation_freshness_sensor"
     assert tick(started_long_ago).run_requests[0].run_key == request.run_key
 
     reconcile(resources, instance, "org-1")

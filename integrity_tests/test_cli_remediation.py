@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli, settings
+from integrity.clock import utcnow
 from integrity.demo import EXPECTED_BY_TENANT, EXPECTED_FINDINGS, build_demo, demo_paths
 from integrity.diff import ACTION_KINDS
 from integrity.remediation import COMPLETED_MSG
@@ -1000,7 +1001,7 @@ def test_a_ledger_from_before_leases_is_read_as_is_and_upgraded_by_the_next_appl
     old.create_all(engine)
     ledger.audit.create(engine)
     ledger.queue.create(engine)
-    now = ledger.utcnow()
+    now = utcnow()
     with engine.begin() as conn:
         conn.execute(
             old.tables[RUNS_TABLE].insert(),

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.defs.io_managers import ParquetSnapshotIOManager
-from integrity.defs.names import PROCESS_JOB, PROCESS_OP
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP, TRIGGER_TAG
 from integrity.defs.partitions import TENANTS
 from integrity.defs.processing.sensors import (
     NEW_OBJECT_SENSOR,
@@ -226,7 +226,7 @@ def test_an_upload_is_noticed_by_the_poll_and_processed(
     }
     [run] = launch(defs, NEW_OBJECT_SENSOR, first, resources, instance)
     assert outcome(run) == "processed"
-    assert run.dagster_run.tags["integrity/trigger"] == NEW_OBJECT_SENSOR
+    assert run.dagster_run.tags[TRIGGER_TAG] == NEW_OBJECT_SENSOR
     assert assert_processed(key, store, engine) > len(PAGES)
     [job] = rows(engine, schema.processing_jobs)
     assert (job["object_key"], job["status"], job["attempts"]) == (key, "complete", 1)

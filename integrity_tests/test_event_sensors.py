@@ -35,7 +35,7 @@ from integrity.defs.resources import (
     SpecResource,
     StorageResource,
 )
-from integrity.events import run_key
+from integrity.events.messages import run_key
 from integrity.remediation import ledger
 from integrity.remediation.queue import QueueEntry, SqsQueue, TableQueue
 from integrity.schema import create_reference_schema

@@ -16,20 +16,12 @@ import sqlalchemy as sa
 
 from integrity import schema, settings
 from integrity.errors import UsageError
-from integrity.events import (
-    EventSettings,
-    InboxCursor,
-    InboxMessage,
-    KeyFilter,
-    PollLimits,
-    WatchCursor,
-    decide,
-    known_upload_keys,
-    parse_notification,
-    parse_requeue_message,
-    poll_new_objects,
-    run_key,
-)
+from integrity.events.cursors import InboxCursor, WatchCursor
+from integrity.events.filters import KeyFilter, admit
+from integrity.events.messages import parse_notification, parse_requeue_message, run_key
+from integrity.events.poll import PollLimits, known_upload_keys, poll_new_objects
+from integrity.events.settings import event_settings_from
+from integrity.events.sqs import InboxMessage
 from integrity.remediation import ledger
 from integrity.remediation.queue import mark_taken, peek_pending
 from integrity.spec import default_spec
@@ -220,15 +212,15 @@ def test_filters_and_decisions() -> None:
         InboxMessage("m5", "h5", json.dumps({"Event": "s3:TestEvent", "Bucket": "uploads"})),
         InboxMessage("m6", "h6", "{"),
     ]
-    decisions = decide(messages, bucket="uploads", key_filter=key_filter)
-    assert [[e.key for e in d.requests] for d in decisions] == [["documents/o/a.pdf"]] + [[]] * 5
-    assert [dict(d.ignored) for d in decisions[1:5]] == [
+    admissions = admit(messages, bucket="uploads", key_filter=key_filter)
+    assert [[e.key for e in d.requests] for d in admissions] == [["documents/o/a.pdf"]] + [[]] * 5
+    assert [dict(d.ignored) for d in admissions[1:5]] == [
         {"other_bucket": 1},
         {"filtered": 1},
         {"not_created": 1},
         {"test_event": 1},
     ]
-    assert decisions[5].dead_letter and not decisions[0].dead_letter
+    assert admissions[5].dead_letter and not admissions[0].dead_letter
 
 
 def test_cursors_round_trip_and_survive_garbage() -> None:
@@ -240,7 +232,7 @@ def test_cursors_round_trip_and_survive_garbage() -> None:
 
 
 def test_settings_from_the_environment() -> None:
-    conf = EventSettings.from_env(
+    conf = event_settings_from(
         {
             settings.ENV_WATCH_PREFIXES: "documents/, uploads/",
             settings.ENV_WATCH_SECONDS: "5s",
@@ -251,13 +243,13 @@ def test_settings_from_the_environment() -> None:
     assert conf.watch_prefixes == ("documents/", "uploads/")
     assert conf.watch.seconds == 5 and conf.watch.lookback == timedelta(0)
     assert conf.events_filter == KeyFilter((), (".pdf", ".dzi"))
-    assert EventSettings.from_env({}).prefixes_or(default_spec()) == ("documents/",)
+    assert event_settings_from({}).prefixes_or(default_spec()) == ("documents/",)
     with pytest.raises(UsageError, match="INTEGRITY_WATCH_PAGES: 'many' is not a whole number"):
-        EventSettings.from_env({settings.ENV_WATCH_PAGES: "many"})
+        event_settings_from({settings.ENV_WATCH_PAGES: "many"})
     with pytest.raises(UsageError, match="INTEGRITY_WATCH_SECONDS: must be above 0"):
-        EventSettings.from_env({settings.ENV_WATCH_SECONDS: "2m"})
+        event_settings_from({settings.ENV_WATCH_SECONDS: "2m"})
     with pytest.raises(UsageError, match="INTEGRITY_EVENTS_VISIBILITY_TIMEOUT: 5 is out of range"):
-        EventSettings.from_env({settings.ENV_EVENTS_VISIBILITY_TIMEOUT: "5"})
+        event_settings_from({settings.ENV_EVENTS_VISIBILITY_TIMEOUT: "5"})
 
 
 # --------------------------------------------------------------------------- listing poll

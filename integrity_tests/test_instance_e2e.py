@@ -43,7 +43,7 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import schema
-from integrity.defs.names import PROCESS_JOB, PROCESS_OP, REMEDIATION_TAG
+from integrity.defs.names import PROCESS_JOB, PROCESS_OP, REMEDIATION_TAG, TRIGGER_TAG
 from integrity.defs.partitions import TENANTS as TENANTS_PARTITIONS
 from integrity.demo import minimal_pdf
 from integrity.inventory import ALL_TENANTS
@@ -414,7 +414,7 @@ def test_schedule_ticks_on_the_cron_override(
     partitions = [run.tags["dagster/partition"] for run in scheduled]
     assert len(partitions) == len(set(partitions))
     assert set(TENANTS) <= set(partitions) <= {*TENANTS, NEW_TENANT, NOTIFIED_TENANT}
-    assert {run.tags["integrity/trigger"] for run in scheduled} == {"daily_reconciliation"}
+    assert {run.tags[TRIGGER_TAG] for run in scheduled} == {"daily_reconciliation"}
     # org-1's scheduled run is the one the alert story counts; the others' runs are the same
     # job on other partitions (the backfills prove those), so they are terminated while they
     # wait in the queue rather than run on a 2-core machine.
@@ -485,7 +485,7 @@ def test_asset_backfill_as_the_ui_launches_it(
 def _process_runs(instance: dg.DagsterInstance, key: str, source: str) -> list[dg.DagsterRun]:
     return [
         run
-        for run in runs(instance, **{"integrity/trigger": source})
+        for run in runs(instance, **{TRIGGER_TAG: source})
         if run.job_name == PROCESS_JOB and run.run_config["ops"][PROCESS_OP]["config"]["key"] == key
     ]
 
@@ -540,7 +540,7 @@ def test_remediation_runs_one_at_a_time_and_failures_alert(
     assert production.wait_for_run(apply_id, QUEUED_RUN_SECONDS) == dg.DagsterRunStatus.SUCCESS
     assert production.wait_for_run(no_report_id, RUN_SECONDS) == dg.DagsterRunStatus.FAILURE
 
-    auto = runs(instance, **{"integrity/trigger": "auto_remediation_sensor"})
+    auto = runs(instance, **{TRIGGER_TAG: "auto_remediation_sensor"})
     assert auto, "auto_remediation_sensor launched no remediation after the reconciliations"
     assert {run.tags["integrity/auto_remediation"] for run in auto} == {"dry_run"}
     records = instance.get_run_records(filters=dg.RunsFilter(tags={REMEDIATION_TAG: "true"}))

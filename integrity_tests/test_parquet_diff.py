@@ -29,9 +29,9 @@ from integrity.engine import EngineLimits, parse_memory_limit
 from integrity.errors import IntegrityError, UsageError
 from integrity.identity import encode_frame
 from integrity.inventory import (
-    JOBS,
     OBJECT_SCHEMA,
     PLANS,
+    PROCESSING_JOBS,
     DatabaseInventory,
     StorageInventory,
     inventory_from_batches,
@@ -253,7 +253,7 @@ def _inventories(world: dict, tmp: Path) -> tuple[StorageInventory, DatabaseInve
                 ]
             ),
         ),
-        JOBS: _frame(
+        PROCESSING_JOBS: _frame(
             world["jobs"],
             pa.schema([("key", text), ("status", text), ("started_at", TS), ("updated_at", TS)]),
         ),

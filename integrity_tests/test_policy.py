@@ -42,7 +42,14 @@ from integrity.defs.resources import (
 from integrity.diff import ACTION_KINDS, DiffOptions, ReconciliationReport
 from integrity.errors import SpecError
 from integrity.inventory import ALL_TENANTS
-from integrity.policy import APPLY, AUTO_REMEDIATE_ENV, DRY_RUN, SKIP, allowed_kinds, decide
+from integrity.policy import (
+    APPLY,
+    AUTO_REMEDIATE_ENV,
+    DRY_RUN,
+    SKIP,
+    allowed_kinds,
+    decide_remediation,
+)
 from integrity.reconcile import reconcile
 from integrity.spec import PolicySpec, default_spec
 from integrity.storage import LocalStorage
@@ -67,33 +74,35 @@ def test_decision_on_a_real_report(org_report: ReconciliationReport) -> None:
     assert present == ORG_KINDS
 
     # Nothing allowed (the default): a dry run of every kind present.
-    default = decide(org_report, (), max_change_ratio=0.5, writes_allowed=True)
+    default = decide_remediation(org_report, (), max_change_ratio=0.5, writes_allowed=True)
     assert (default.mode, default.kinds) == (DRY_RUN, ORG_KINDS)
     assert default.reason == "the policy does not allow " + ", ".join(ORG_KINDS)
 
     # One kind present but not allowed keeps the whole report a dry run.
-    partial = decide(org_report, SAFE_KINDS, max_change_ratio=0.5, writes_allowed=True)
+    partial = decide_remediation(org_report, SAFE_KINDS, max_change_ratio=0.5, writes_allowed=True)
     assert (
         partial.mode == DRY_RUN and partial.reason == "the policy does not allow missing_original"
     )
 
-    allowed = decide(org_report, ORG_KINDS, max_change_ratio=0.5, writes_allowed=True)
+    allowed = decide_remediation(org_report, ORG_KINDS, max_change_ratio=0.5, writes_allowed=True)
     assert (allowed.mode, allowed.kinds, allowed.dry_run) == (APPLY, ORG_KINDS, False)
 
-    no_opt_in = decide(org_report, ORG_KINDS, max_change_ratio=0.5, writes_allowed=False)
+    no_opt_in = decide_remediation(
+        org_report, ORG_KINDS, max_change_ratio=0.5, writes_allowed=False
+    )
     assert no_opt_in.mode == DRY_RUN
     assert no_opt_in.reason == "INTEGRITY_ALLOW_WRITES=1 is not set for the sensor"
 
     # 1 of 2 documents to mark is 50%: above a 0.2 breaker. The dry run leaves out the kind
     # the breaker refuses (remediation would refuse the whole dry run otherwise).
-    tripped = decide(org_report, ORG_KINDS, max_change_ratio=0.2, writes_allowed=True)
+    tripped = decide_remediation(org_report, ORG_KINDS, max_change_ratio=0.2, writes_allowed=True)
     assert (tripped.mode, tripped.kinds) == (DRY_RUN, SAFE_KINDS)
     assert tripped.reason.startswith("circuit breaker: marking 1 of 2 rows of documents")
     assert "\n" not in tripped.reason
 
 
 def test_a_failed_inventory_check_keeps_it_a_dry_run(org_report: ReconciliationReport) -> None:
-    decision = decide(
+    decision = decide_remediation(
         org_report,
         ORG_KINDS,
         max_change_ratio=1,
@@ -108,11 +117,13 @@ def test_no_run_for_an_incomplete_report_or_nothing_to_do(
     org_report: ReconciliationReport,
 ) -> None:
     incomplete = dataclasses.replace(org_report, complete=False, reasons=["storage: SlowDown"])
-    decision = decide(incomplete, ORG_KINDS, max_change_ratio=1, writes_allowed=True)
+    decision = decide_remediation(incomplete, ORG_KINDS, max_change_ratio=1, writes_allowed=True)
     assert decision.mode == SKIP and decision.reason.endswith("storage: SlowDown")
 
     clean = dataclasses.replace(org_report, findings=org_report.findings.iloc[0:0])
-    assert decide(clean, ORG_KINDS, max_change_ratio=1, writes_allowed=True).mode == SKIP
+    assert (
+        decide_remediation(clean, ORG_KINDS, max_change_ratio=1, writes_allowed=True).mode == SKIP
+    )
 
 
 def test_allowed_kinds_from_the_environment_or_the_spec() -> None:

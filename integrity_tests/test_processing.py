@@ -34,7 +34,7 @@ from integrity.processing import (
     process_object,
 )
 from integrity.processing.render import DziGeometry, deep_zoom, level_sizes, open_pdf, sniff
-from integrity.processing.state import claim_job, plan_id_for
+from integrity.processing.state import claim_processing_job, plan_id_for
 from integrity.settings import DEMO_BUCKET
 from integrity.spec import default_spec
 from integrity.storage import LocalStorage, S3Storage
@@ -551,7 +551,9 @@ def test_concurrent_claims_let_exactly_one_run_work(engine: sa.Engine) -> None:
 
     def claim() -> None:
         barrier.wait()
-        wins.append(claim_job(engine, SPEC.jobs, key, stale_after=timedelta(hours=1), now=now))
+        wins.append(
+            claim_processing_job(engine, SPEC.jobs, key, stale_after=timedelta(hours=1), now=now)
+        )
 
     threads = [threading.Thread(target=claim) for _ in range(6)]
     for thread in threads:

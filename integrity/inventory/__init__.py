@@ -5,7 +5,7 @@
 complete; nothing downstream may act on an incomplete one.
 """
 
-from integrity.inventory.names import ALL_TENANTS, JOBS, PLANS
+from integrity.inventory.names import ALL_TENANTS, PLANS, PROCESSING_JOBS
 from integrity.inventory.objects import (
     OBJECT_SCHEMA,
     ProgressCallback,
@@ -31,7 +31,7 @@ from integrity.inventory.tenants import discover_tenants
 __all__ = [
     "OBJECT_SCHEMA",
     "ALL_TENANTS",
-    "JOBS",
+    "PROCESSING_JOBS",
     "PLANS",
     "DatabaseInventory",
     "ProgressCallback",

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-JOBS = "__jobs__"
+PROCESSING_JOBS = "__jobs__"  # the spec's `jobs` table (processing_jobs rows), not Dagster jobs
 PLANS = "__plans__"
 ALL_TENANTS = "__all__"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from integrity.clock import utcnow
 from integrity.engine import connect, sql_literal
 from integrity.errors import StorageError
-from integrity.inventory.names import utcnow
 from integrity.storage.base import ListingFailed, ListingPage, ObjectStore
 
 ProgressCallback = Callable[[str, int], None]

@@ -29,11 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from integrity.clock import utcnow
 from integrity.database import split_table_name, table_clause
 from integrity.errors import DatabaseError, SpecError
 from integrity.identity import encode_frame
 from integrity.inventory import snapshots as _snapshots  # noqa: F401  (sets Arrow's memory pool)
-from integrity.inventory.names import JOBS, PLANS, utcnow
+from integrity.inventory.names import PLANS, PROCESSING_JOBS
 from integrity.inventory.objects import ProgressCallback
 from integrity.keys import like_escape, usable_references
 from integrity.spec import ReconciliationSpec
@@ -275,7 +276,7 @@ def _reads(spec: ReconciliationSpec, tenant: str | None) -> list[_Read]:
             where = sa.column(j.key).like(prefix, escape="\\")
         reads.append(
             _Read(
-                JOBS,
+                PROCESSING_JOBS,
                 j.table,
                 {
                     "key": (j.key, "text"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from integrity.clock import naive_utcnow
 from integrity.errors import IntegrityError
 from integrity.processing import render, state
 from integrity.processing.render import BadInput
@@ -182,7 +183,7 @@ class _Run:
         spec, key = self.spec, self.key
         tenant = upload_tenant(spec, key)
         with self.engine.connect() as conn:
-            job = state.read_job(conn, spec.jobs, key) if spec.jobs else None
+            processing_job = state.read_processing_job(conn, spec.jobs, key) if spec.jobs else None
             document = state.read_document_status(conn, spec, key) if tenant else None
             named = state.find_image_rows(conn, spec, key, self.store.bucket)
         images = [
@@ -192,7 +193,7 @@ class _Run:
             and not (r.status == r.table.ready_status and r.staged)
         ]
         upload_done = document == state.DOCUMENT_COMPLETE and (
-            job is None or job.status == state.COMPLETE
+            processing_job is None or processing_job.status == state.COMPLETE
         )
         if tenant is None and not named:
             return self._done("ignored", "not under the uploads prefix and no images row names it")
@@ -202,7 +203,7 @@ class _Run:
 
         head = self.store.head(key)
         if head is None:
-            if job is None or job.status == state.COMPLETE:
+            if processing_job is None or processing_job.status == state.COMPLETE:
                 return self._done("gone", "the object is not in storage and no job waits for it")
             self._claim_or_busy()
             if not self.claimed:
@@ -218,7 +219,7 @@ class _Run:
                         state.DOCUMENT_COMPLETE
                     )
                 if upload_done and not images:  # another run finished between read and claim
-                    state.finish_job(self.engine, spec.jobs, key, state.utcnow())
+                    state.finish_processing_job(self.engine, spec.jobs, key, naive_utcnow())
                     return self._done("already_processed", "another run completed it just now")
             if head.size > self.options.max_object_bytes:
                 raise BadInput(
@@ -238,13 +239,13 @@ class _Run:
         if self.spec.jobs is None:
             self.claimed = True
             return
-        now = state.utcnow()
-        self.claimed = state.claim_job(
+        now = naive_utcnow()
+        self.claimed = state.claim_processing_job(
             self.engine, self.spec.jobs, self.key, stale_after=self.options.stale_after, now=now
         )
         if not self.claimed:
             with self.engine.connect() as conn:
-                current = state.read_job(conn, self.spec.jobs, self.key)
+                current = state.read_processing_job(conn, self.spec.jobs, self.key)
             since = current.started_at if current and current.started_at else "?"
             status = current.status if current else "absent"
             self._done("busy", f"job is {status} (since {since}); another run holds it")
@@ -258,7 +259,7 @@ class _Run:
         line = state.one_line(reason)
         if self.spec.jobs is not None and self.claimed:
             try:
-                state.fail_job(self.engine, self.spec.jobs, self.key, line)
+                state.fail_processing_job(self.engine, self.spec.jobs, self.key, line)
             except sa.exc.SQLAlchemyError as exc:
                 line += f" (and the failure could not be recorded: {_reason(exc)})"
         raise ProcessingFailed(f"{self.key}: {line}")
@@ -298,10 +299,10 @@ class _Run:
                 self._stage(first, images)
             if tenant is not None:
                 plan = self._tile(tenant, pdf, image, pages, workdir)
-                now = state.utcnow()
+                now = naive_utcnow()
                 state.finish_upload(self.engine, self.spec, self.key, tenant, plan, pages, now)
             else:
-                state.finish_job(self.engine, self.spec.jobs, self.key, state.utcnow())
+                state.finish_processing_job(self.engine, self.spec.jobs, self.key, naive_utcnow())
         finally:
             if pdf is not None:
                 pdf.close()
@@ -311,7 +312,7 @@ class _Run:
         staged_key = state.staged_key_for(self.key, self.options.staged_max_side)
         self.store.put_bytes(staged_key, jpeg, TILE_CONTENT_TYPE)
         self.result.objects_written += 1
-        now = state.utcnow()
+        now = naive_utcnow()
         for row in rows:
             if state.set_staged(self.engine, row, staged_key, now):
                 self.say(f"{row.table.name} {row.id}: staged {staged_key} ({width}x{height})")
@@ -334,7 +335,7 @@ class _Run:
         prefix = plans.sheets_prefix.format(tenant=tenant, project=plan.project, plan=plan.plan_id)
         names = sheet_names(pages)
         present = self._present_descriptors(prefix, names)
-        state.start_plan(self.engine, plans, plan, pages, state.utcnow())
+        state.start_plan(self.engine, plans, plan, pages, naive_utcnow())
         done = len(present)
         self.result.sheets_skipped = done
         if done:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from integrity import identity
+from integrity.clock import naive_utcnow
 from integrity.database import split_table_name, table_clause
 from integrity.keys import like_escape, parse_reference
 from integrity.kinds import KINDS
@@ -29,11 +30,6 @@ IMAGE_READY_DEFAULT = "ready"
 ERROR_LIMIT = 500
 
 
-def utcnow() -> datetime:
-    """Naive UTC, as the reference schema stores timestamps."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def one_line(text: str) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 1] + "…"
@@ -43,7 +39,9 @@ def one_line(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class JobState:
+class ProcessingJobState:
+    """One processing job: a row of the spec's `jobs` table (`processing_jobs`), not a Dagster job."""
+
     status: str
     attempts: int
     started_at: datetime | None
@@ -60,7 +58,7 @@ def _typed(values: dict[str, Any]) -> list[str | sa.ColumnClause[Any]]:
     return [_stamp(k) if isinstance(v, datetime) else k for k, v in values.items()]
 
 
-def _jobs_table(jobs: JobsSpec) -> sa.TableClause:
+def _processing_jobs_table(jobs: JobsSpec) -> sa.TableClause:
     return table_clause(
         jobs.table,
         [
@@ -74,30 +72,30 @@ def _jobs_table(jobs: JobsSpec) -> sa.TableClause:
     )
 
 
-def read_job(conn: sa.Connection, jobs: JobsSpec, key: str) -> JobState | None:
-    t = _jobs_table(jobs)
+def read_processing_job(conn: sa.Connection, jobs: JobsSpec, key: str) -> ProcessingJobState | None:
+    t = _processing_jobs_table(jobs)
     row = conn.execute(
         sa.select(
             t.c[jobs.status], t.c[jobs.attempts], t.c[jobs.started_at], t.c[jobs.updated_at]
         ).where(t.c[jobs.key] == key)
     ).first()
-    return None if row is None else JobState(row[0], row[1] or 0, row[2], row[3])
+    return None if row is None else ProcessingJobState(row[0], row[1] or 0, row[2], row[3])
 
 
 def processing_status(jobs: JobsSpec) -> str:
     return jobs.processing_statuses[0] if jobs.processing_statuses else PROCESSING_DEFAULT
 
 
-def claim_job(
+def claim_processing_job(
     engine: sa.Engine, jobs: JobsSpec, key: str, *, stale_after: timedelta, now: datetime
 ) -> bool:
-    """Take the job for this run: insert it as processing, or move it there from a claimable status.
+    """Take the processing job for this run: insert it as processing, or move it there from a claimable status.
 
     Claimable: not started or failed (the spec's requeue statuses), complete (reprocessing an
     upload whose documents row is missing), or processing but started longer ago than
     stale_after (its worker died). Exactly one of several concurrent runs gets True.
     """
-    t = _jobs_table(jobs)
+    t = _processing_jobs_table(jobs)
     processing = processing_status(jobs)
     try:
         with engine.begin() as conn:
@@ -139,19 +137,21 @@ def claim_job(
     return result.rowcount == 1
 
 
-def fail_job(engine: sa.Engine, jobs: JobsSpec, key: str, error: str) -> None:
-    """Record the failure on the job this run holds (a job taken over since is left alone)."""
-    t = _jobs_table(jobs)
+def fail_processing_job(engine: sa.Engine, jobs: JobsSpec, key: str, error: str) -> None:
+    """Record the failure on the processing job this run holds (one taken over since is left alone)."""
+    t = _processing_jobs_table(jobs)
     with engine.begin() as conn:
         conn.execute(
             sa.update(t)
             .where(t.c[jobs.key] == key, t.c[jobs.status].in_(jobs.processing_statuses))
-            .values({jobs.status: FAILED, jobs.error: one_line(error), jobs.updated_at: utcnow()})
+            .values(
+                {jobs.status: FAILED, jobs.error: one_line(error), jobs.updated_at: naive_utcnow()}
+            )
         )
 
 
-def _complete_job(conn: sa.Connection, jobs: JobsSpec, key: str, now: datetime) -> None:
-    t = _jobs_table(jobs)
+def _complete_processing_job(conn: sa.Connection, jobs: JobsSpec, key: str, now: datetime) -> None:
+    t = _processing_jobs_table(jobs)
     conn.execute(
         sa.update(t)
         .where(t.c[jobs.key] == key)
@@ -311,7 +311,7 @@ def record_progress(engine: sa.Engine, plans: PlansSpec, plan: PlanRef, complete
                 t.c[plans.tenant] == plan.tenant,
                 t.c[plans.completed] < completed,
             )
-            .values({plans.completed: completed, plans.updated_at: utcnow()})
+            .values({plans.completed: completed, plans.updated_at: naive_utcnow()})
         )
 
 
@@ -344,14 +344,16 @@ def finish_upload(
         if spec.uploads is not None:
             _write_document(conn, spec, key, tenant, now)
         if spec.jobs is not None:
-            _complete_job(conn, spec.jobs, key, now)
+            _complete_processing_job(conn, spec.jobs, key, now)
 
 
-def finish_job(engine: sa.Engine, jobs: JobsSpec | None, key: str, now: datetime) -> None:
+def finish_processing_job(
+    engine: sa.Engine, jobs: JobsSpec | None, key: str, now: datetime
+) -> None:
     if jobs is None:
         return
     with engine.begin() as conn:
-        _complete_job(conn, jobs, key, now)
+        _complete_processing_job(conn, jobs, key, now)
 
 
 # --------------------------------------------------------------------------- images

@@ -37,6 +37,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from integrity import identity
+from integrity.clock import utcnow
 from integrity.database import split_table_name, table_clause
 from integrity.diff import ACTION_KINDS, ACTIONS, ReconciliationReport
 from integrity.durations import format_duration
@@ -50,7 +51,6 @@ from integrity.remediation.ledger import (
     dump_values,
     finish_run,
     start_run,
-    utcnow,
 )
 from integrity.remediation.plan import (
     ALLOW_WRITES_ENV,

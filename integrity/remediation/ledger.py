@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from integrity import settings
+from integrity.clock import utcnow
 from integrity.errors import DatabaseError, SpecError
 
 metadata = sa.MetaData()
@@ -143,10 +144,6 @@ def upgrade_ledger(engine: sa.Engine) -> None:
 
 def ledger_exists(conn: sa.Connection) -> bool:
     return sa.inspect(conn).has_table(AUDIT_TABLE)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _reason(exc: sa.exc.DBAPIError) -> str:

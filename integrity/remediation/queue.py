@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
+from integrity.clock import utcnow
 from integrity.errors import QueueError, shown, without_userinfo
-from integrity.remediation.ledger import WAITING_STATES, ledger_exists, queue, utcnow
+from integrity.remediation.ledger import WAITING_STATES, ledger_exists, queue
 
 SQS_BATCH = 10
 _IN_CHUNK = 500

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from integrity import identity
+from integrity.clock import utcnow
 from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
@@ -37,7 +38,6 @@ from integrity.remediation.ledger import (
     read_runs,
     remediation_runs,
     start_run,
-    utcnow,
 )
 from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
 from integrity.remediation.rows import (
@@ -52,14 +52,15 @@ from integrity.remediation.rows import (
 )
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
-ROLLBACK_COUNTS = (
-    "restored",
-    "removed",
-    "unchanged",
-    "skipped_changed",
-    "queue_cancelled",
-    "queue_already_delivered",
-)
+# What a rollback counts, in report order, and what each count means (for people reading it).
+ROLLBACK_COUNTS: dict[str, str] = {
+    "restored": "rows given back their values from before the run",
+    "removed": "rows the run created, removed",
+    "unchanged": "records that changed nothing (a queue entry only)",
+    "skipped_changed": "rows changed since the run: left as they are",
+    "queue_cancelled": "queue entries not yet delivered: cancelled",
+    "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
+}
 
 
 class TargetStillRunning(RemediationRefused):

@@ -1,7 +1,7 @@
 """Event-driven triggers of `process_document`: new objects, bucket notifications, re-queue.
 
 The nightly reconciliation is the safety net; these sensors are the everyday path. Each is a
-thin shell over integrity.events: bounded work per tick, a JSON cursor, run keys built from
+thin shell over the `integrity.events` package: bounded work per tick, a JSON cursor, run keys built from
 stable values, and at-least-once hand-over. A queue message (or a re-queue row) is deleted
 (marked taken) only on the tick after the one that requested its run, because by then Dagster
 has recorded that tick's run requests together with its cursor.
@@ -33,22 +33,12 @@ from integrity.defs.resources import (
     StorageResource,
 )
 from integrity.errors import IntegrityError, QueueError
-from integrity.events import (
-    IGNORED_REASONS,
-    DeleteOutcome,
-    EventSettings,
-    InboxCursor,
-    KeyFilter,
-    ObjectEvent,
-    PollResult,
-    SqsInbox,
-    WatchCursor,
-    decide,
-    known_upload_keys,
-    parse_requeue_message,
-    poll_new_objects,
-    unique_by_run_key,
-)
+from integrity.events.cursors import InboxCursor, WatchCursor
+from integrity.events.filters import IGNORED_REASONS, KeyFilter, admit, unique_by_run_key
+from integrity.events.messages import ObjectEvent, parse_requeue_message
+from integrity.events.poll import PollResult, known_upload_keys, poll_new_objects
+from integrity.events.settings import EventSettings, event_settings_from
+from integrity.events.sqs import DeleteOutcome, SqsInbox
 from integrity.inventory import db_error_reason, minimal_prefixes
 from integrity.remediation.queue import mark_taken, peek_pending
 
@@ -132,7 +122,7 @@ def new_object_sensor(
     request objects modified since the previous pass began.
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
         loaded = spec.load()
         store = storage.get_store()
     except IntegrityError as exc:
@@ -217,7 +207,7 @@ def bucket_notification_sensor(
     key and etag collapse duplicates and redeliveries).
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
     except IntegrityError as exc:
         return dg.SkipReason(str(exc))
     if not conf.events_queue_url:
@@ -249,30 +239,30 @@ def bucket_notification_sensor(
         context.log.warning(str(exc))
         return dg.SensorResult(skip_reason=dg.SkipReason(str(exc)), cursor=InboxCursor(owed).dump())
 
-    decisions = decide(messages, bucket=storage.bucket, key_filter=conf.events_filter)
+    admissions = admit(messages, bucket=storage.bucket, key_filter=conf.events_filter)
     ignored: Counter[str] = Counter()
     events: list[ObjectEvent] = []
     later: list[str] = []
     now: list[str] = []
     dead_lettered = left = 0
-    for decision in decisions:
-        message = decision.message
-        ignored.update(decision.ignored)
+    for admission in admissions:
+        message = admission.message
+        ignored.update(admission.ignored)
         deletable = True
-        if decision.dead_letter:
+        if admission.dead_letter:
             deletable = _dead_letter(
                 context,
                 dlq,
                 message.message_id,
                 message.body,
-                decision.dead_letter,
+                admission.dead_letter,
                 message.receive_count,
             )
             dead_lettered += deletable
             left += not deletable
-        events.extend(decision.requests)
+        events.extend(admission.requests)
         if deletable:
-            (later if decision.requests else now).append(message.receipt_handle)
+            (later if admission.requests else now).append(message.receipt_handle)
     retry_now = inbox.delete(now).retry if now else []
     unique = unique_by_run_key(events)
     requests = [_request(e.key, e.run_key, NOTIFICATION_SENSOR) for e in unique]
@@ -348,7 +338,7 @@ def requeue_sensor(
     their runs; run keys per entry make a re-emitted request collapse.
     """
     try:
-        conf = EventSettings.from_env()
+        conf = event_settings_from(os.environ)
         bucket = storage.bucket or storage.get_store().bucket  # no client just for a name
     except IntegrityError as exc:
         return dg.SkipReason(str(exc))
@@ -404,26 +394,26 @@ def _drain_requeue_queue(
         deadline=time.monotonic() + conf.tick_seconds,
         wait_seconds=conf.wait_seconds,
     )
-    decisions = decide(messages, bucket=bucket, key_filter=KeyFilter(), parse=parse_requeue_message)
+    admissions = admit(messages, bucket=bucket, key_filter=KeyFilter(), parse=parse_requeue_message)
     ignored: Counter[str] = Counter()
     delete_now: list[str] = []
     left = 0
-    for decision in decisions:
-        message = decision.message
-        ignored.update(decision.ignored)
-        if decision.dead_letter:
+    for admission in admissions:
+        message = admission.message
+        ignored.update(admission.ignored)
+        if admission.dead_letter:
             left += 1
             context.log.warning(
-                f"re-queue message {message.message_id} is malformed: {decision.dead_letter}; "
+                f"re-queue message {message.message_id} is malformed: {admission.dead_letter}; "
                 f"it stays on {inbox.name} for its redrive policy "
                 f"(received {message.receive_count} times)"
             )
             continue
-        for event in decision.requests:
+        for event in admission.requests:
             requests.append(
                 _request(event.key, f"integrity_queue:sqs:{message.message_id}", REQUEUE_SOURCE)
             )
-        if decision.requests:
+        if admission.requests:
             next_cursor.delete.append(message.receipt_handle)
             next_cursor.taken_message_ids.append(message.message_id)
         else:

@@ -35,7 +35,7 @@ from integrity.defs.names import (
 from integrity.defs.resources import SpecResource
 from integrity.diff import ReconciliationReport
 from integrity.errors import IntegrityError
-from integrity.policy import SKIP, Decision, allowed_kinds, decide
+from integrity.policy import SKIP, RemediationDecision, allowed_kinds, decide_remediation
 from integrity.remediation import writes_allowed
 
 AUTO_REMEDIATION_SENSOR = "auto_remediation_sensor"
@@ -53,7 +53,7 @@ def run_key(storage_id: int) -> str:
 
 
 def remediation_request(
-    partition: str, storage_id: int, decision: Decision, max_change_ratio: float
+    partition: str, storage_id: int, decision: RemediationDecision, max_change_ratio: float
 ) -> dg.RunRequest:
     reason = decision.reason
     if len(reason) > _TAG_LIMIT:
@@ -173,7 +173,7 @@ def auto_remediation_sensor(
         if report is None:
             notes.append(f"{partition}: the materialization names no report snapshot")
             continue
-        decision = decide(
+        decision = decide_remediation(
             report,
             allowed,
             max_change_ratio=policy.max_change_ratio,
