@@ -201,7 +201,7 @@ def closing_hints(home: Path, ui: DagsterDemo) -> str:
     lines = [
         f"Dagster: {len(ui.runs) - len(failed)} of {len(ui.runs)} tenant partitions reconciled "
         f"into {ui.dagster_home} in {ui.seconds:.1f} s. See them in the UI (http://127.0.0.1:3000):",
-        f"  {dev_command(home, ui.dagster_home)}",
+        f"  `{dev_command(home, ui.dagster_home)}`",
         f"Heal it: review `{integrity} reconcile`, then `{settings.ENV_ALLOW_WRITES}=1 "
         f"{integrity} reconcile --apply` (docs/remediation.md).",
     ]
