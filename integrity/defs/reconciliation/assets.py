@@ -261,8 +261,9 @@ def reconciliation_report(
     The diff runs out of core over the two inventories' Parquet files, under the memory limit of
     INTEGRITY_MEMORY_LIMIT (spilling to disk past it); the spill's peak size is recorded.
 
-        A report built from an incomplete inventory is still written, marked incomplete with the
-        reasons, so people can see it while remediation refuses to act on it.
+    A report built from an incomplete inventory is still written, marked incomplete with the
+    reasons, so people can see it while remediation refuses to act on it. The `__all__`
+    partition's report (the whole bucket) has a `tenants` table: the findings per tenant.
     """
     options = DiffOptions(
         min_age=timedelta(seconds=config.min_age),
