@@ -264,6 +264,13 @@ def reconciliation_report(
     A report built from an incomplete inventory is still written, marked incomplete with the
     reasons, so people can see it while remediation refuses to act on it. The `__all__`
     partition's report (the whole bucket) has a `tenants` table: the findings per tenant.
+
+    What a partition covers: `__all__` is every object and row. Any other partition is one
+    value of the spec's tenant columns and covers the rows whose tenant column holds it (with
+    the reference spec: documents and plans by organization_id, images by project_id), the
+    uploads and plan tiles under its own prefixes, and the objects those rows reference. So an
+    organization's partition does not cover its projects' images: look at their project
+    partitions, or at `__all__`.
     """
     options = DiffOptions(
         min_age=timedelta(seconds=config.min_age),
