@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -1205,7 +1204,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         remediation=remediation,
     )
     print(file=out)
-    print(_dagster_hint(home), file=out, flush=True)
+    from integrity.demo_dagster import closing_hints, materialise_demo
+
+    print(closing_hints(home, materialise_demo(home, reset=env.built)), file=out, flush=True)
     _completed(report, remediation)
     return code
 
@@ -1213,43 +1214,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _count(n: int, noun: str) -> str:
     """ "1 finding", "2 findings"."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def _program(name: str) -> str:
-    """How to call one of this environment's programs from a fresh shell: its path (relative
-    to the working directory when inside it) unless the shell already finds this very one."""
-    path = Path(sys.executable).parent / name
-    if not path.exists() or shutil.which(name) == str(path):
-        return name
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _dagster_hint(home: Path) -> str:
-    """How to see the same demo in the UI and heal it, naming any environment that would point
-    elsewhere."""
-    dagster, integrity = _program("dagster"), _program("integrity")
-    lines = [
-        f"Now run `{dagster} dev` from the project root: the UI shows the same demo.",
-        f"Heal it: review `{integrity} reconcile`, then `{settings.ENV_ALLOW_WRITES}=1 "
-        f"{integrity} reconcile --apply` (docs/remediation.md).",
-    ]
-    if home != (Path.cwd() / ".integrity").absolute() and os.environ.get(settings.ENV_HOME) != str(
-        home
-    ):
-        lines.append(
-            f"  (set {settings.ENV_HOME}={home} first, since the demo is not in ./.integrity)"
-        )
-    overriding = [
-        n for n in (settings.ENV_DB_URL, settings.ENV_STORAGE_DIR, settings.ENV_BUCKET) if _env(n)
-    ]
-    if overriding:
-        lines.append(
-            f"  (unset {', '.join(overriding)}: they point dagster dev away from the demo)"
-        )
-    return "\n".join(lines)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -289,3 +289,35 @@ def test_partition_keys_become_safe_distinct_directory_names() -> None:
     odd = [partition_dir_name(k) for k in ("a/b", "a_b", "a b", "..", "é")]
     assert len(set(odd)) == len(odd)
     assert all("/" not in name and name not in (".", "..") for name in odd)
+
+
+def test_tenants_table_counts_findings_per_tenant_most_first() -> None:
+    """The whole-bucket report's `tenants` table: where a person looks next."""
+    import pandas as pd
+
+    from integrity.defs.reconciliation.assets import NO_TENANT, tenants_table
+
+    findings = pd.DataFrame(
+        {
+            "kind": ["orphan_object", "stuck_job", "orphan_object", "foreign_reference"],
+            "tenant": ["org-a", "org-b", "org-b", None],
+        }
+    )
+    table = tenants_table(type("Report", (), {"findings": findings})())
+    assert [r.data for r in table.records] == [
+        {"tenant": "org-b", "findings": 2, "kinds": "orphan_object 1, stuck_job 1"},
+        {"tenant": NO_TENANT, "findings": 1, "kinds": "foreign_reference 1"},
+        {"tenant": "org-a", "findings": 1, "kinds": "orphan_object 1"},
+    ]
+
+
+def test_examples_table_puts_a_short_detail_second() -> None:
+    """The UI cuts a wide table off on the right: the detail must not be the column it hides."""
+    from integrity.defs.reconciliation.assets import _DETAIL_LIMIT, examples_table
+
+    example = {"kind": "orphan_object", "key": "k" * 400, "row_id": "r1", "detail": "d" * 400}
+    report = type("Report", (), {"examples": lambda self, limit: [example]})()
+    table = examples_table(report)
+    assert [c.name for c in table.schema.columns] == ["kind", "detail", "key", "row_id"]
+    [record] = table.records
+    assert len(record.data["detail"]) == _DETAIL_LIMIT and record.data["detail"].endswith("…")

@@ -101,7 +101,7 @@ def test_demo_summary_without_json(built: subprocess.CompletedProcess[str], home
         if Path(d) != Path(sys.executable).parent
     )
     programs = re.findall(
-        r"`(?:[A-Z_]+=\S+ )?(\S*(?:dagster|integrity)) (?:dev|reconcile)", result.stdout
+        r"`(?:[A-Z_]+=\S+ )*(\S*(?:dagster|integrity)) (?:dev|reconcile)", result.stdout
     )
     assert any(p.endswith("dagster") for p in programs), result.stdout
     assert any(p.endswith("integrity") for p in programs), result.stdout
@@ -233,6 +233,53 @@ def test_planted_ages(built: subprocess.CompletedProcess[str], home: Path) -> No
     assert age("documents/org-initech/uploads/fresh-scan.pdf") < 3600
     assert age("documents/org-acme/invoices/invoice-0042.pdf") > 2 * 3600
     assert age("documents/org-acme/drawings/elevations.pdf") > 36 * 3600
+
+
+@pytest.mark.e2e
+def test_demo_materialises_every_partition_into_the_local_instance(
+    built: subprocess.CompletedProcess[str], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dagster dev` on <home>/dagster opens on the reconciliation: every tenant partition's
+    report and check results, `__all__` last (the asset overview shows the whole bucket)."""
+    import dagster as dg
+
+    from integrity.defs.names import REPORT_KEY
+    from integrity.defs.partitions import TENANTS
+    from integrity.kinds import KINDS
+
+    assert built.returncode == 0, built.stderr
+    dagster_home = home / "dagster"
+    assert (dagster_home / "dagster.yaml").is_file()
+    assert f"DAGSTER_HOME={dagster_home}" in built.stderr or "DAGSTER_HOME=$PWD/" in built.stderr
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    with dg.DagsterInstance.get() as instance:
+        partitions = instance.get_dynamic_partitions(TENANTS)
+        assert "__all__" in partitions and len(partitions) > 1
+        assert set(instance.get_materialized_partitions(REPORT_KEY)) == set(partitions)
+        latest = instance.get_latest_materialization_event(REPORT_KEY)
+        assert latest is not None and latest.dagster_event is not None
+        assert latest.dagster_event.partition == "__all__"
+        meta = latest.asset_materialization.metadata
+        assert meta["findings/total"].value == sum(EXPECTED_FINDINGS.values())
+        tenants = meta["tenants"].value
+        assert sum(r.data["findings"] for r in tenants.records) == sum(EXPECTED_FINDINGS.values())
+        assert [c.name for c in meta["examples"].value.schema.columns][:2] == ["kind", "detail"]
+        evaluations = {
+            e.dagster_event.asset_check_evaluation_data.check_name: e.dagster_event.asset_check_evaluation_data
+            for e in instance.all_logs(
+                latest.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            )
+        }
+        for kind in KINDS:
+            evaluation = evaluations[kind.check]
+            assert evaluation.metadata["count"].value == EXPECTED_FINDINGS[kind.name]
+            if EXPECTED_FINDINGS[kind.name] == 0:
+                assert evaluation.passed, kind.name
+        assert any(not e.passed for e in evaluations.values())  # the planted drift is red
+        # Every tenant partition was checked, not only the whole bucket.
+        runs = instance.get_runs()
+        assert {r.tags.get("dagster/partition") for r in runs} == set(partitions)
+        assert all(r.is_success for r in runs)
 
 
 @pytest.mark.e2e

@@ -23,7 +23,7 @@ from integrity.defs.names import (
     SNAPSHOT_IO_MANAGER,
     STORAGE_INVENTORY_KEY,
 )
-from integrity.defs.partitions import tenant_partitions
+from integrity.defs.partitions import ALL_TENANTS, tenant_partitions
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.diff import FINDING_KINDS, DiffOptions, ReconciliationReport
 from integrity.engine import EngineLimits
@@ -35,6 +35,9 @@ from integrity.spec import check_tenant
 
 EXAMPLES_SHOWN = 20
 _EXAMPLE_TEXT_LIMIT = 300
+_DETAIL_LIMIT = 100
+"""The UI's table cuts off columns on the right: the detail comes second and stays short."""
+EXAMPLE_COLUMNS = ("kind", "detail", "key", "row_id")
 
 
 class ReportConfig(dg.Config):
@@ -79,31 +82,53 @@ def _warn_if_incomplete(context: AssetExecutionContext, what: str, reasons: list
         )
 
 
-def _clip(value: object) -> str | None:
+def _clip(value: object, limit: int = _EXAMPLE_TEXT_LIMIT) -> str | None:
     if value is None:
         return None
     text = str(value)
-    return text if len(text) <= _EXAMPLE_TEXT_LIMIT else text[: _EXAMPLE_TEXT_LIMIT - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def examples_table(
     report: ReconciliationReport, limit: int = EXAMPLES_SHOWN
 ) -> dg.TableMetadataValue:
     """A few findings of each kind for a person to look at; the full list is the snapshot."""
-    schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn("kind", "string"),
-            dg.TableColumn("key", "string"),
-            dg.TableColumn("row_id", "string"),
-            dg.TableColumn("detail", "string"),
-        ]
-    )
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in EXAMPLE_COLUMNS])
     records = [
         dg.TableRecord(
-            {name: _clip(example.get(name)) for name in ("kind", "key", "row_id", "detail")}
+            {
+                name: _clip(
+                    example.get(name), _DETAIL_LIMIT if name == "detail" else _EXAMPLE_TEXT_LIMIT
+                )
+                for name in EXAMPLE_COLUMNS
+            }
         )
         for example in report.examples(limit)
     ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+NO_TENANT = "(none)"
+
+
+def tenants_table(report: ReconciliationReport) -> dg.TableMetadataValue:
+    """Findings per tenant, most first: on the whole-bucket report, where to look next."""
+    findings = report.findings
+    tenant = findings["tenant"].astype(object).where(findings["tenant"].notna(), NO_TENANT)
+    rows = []
+    for name, group in findings.groupby(tenant.astype(str), sort=False):
+        counts = group["kind"].value_counts()
+        kinds = ", ".join(f"{k} {int(counts[k])}" for k in FINDING_KINDS if k in counts.index)
+        rows.append((int(len(group)), str(name), kinds))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("tenant", "string"),
+            dg.TableColumn("findings", "int"),
+            dg.TableColumn("kinds", "string"),
+        ]
+    )
+    records = [dg.TableRecord({"tenant": t, "findings": n, "kinds": k}) for n, t, k in rows]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
@@ -236,8 +261,16 @@ def reconciliation_report(
     The diff runs out of core over the two inventories' Parquet files, under the memory limit of
     INTEGRITY_MEMORY_LIMIT (spilling to disk past it); the spill's peak size is recorded.
 
-        A report built from an incomplete inventory is still written, marked incomplete with the
-        reasons, so people can see it while remediation refuses to act on it.
+    A report built from an incomplete inventory is still written, marked incomplete with the
+    reasons, so people can see it while remediation refuses to act on it. The `__all__`
+    partition's report (the whole bucket) has a `tenants` table: the findings per tenant.
+
+    What a partition covers: `__all__` is every object and row. Any other partition is one
+    value of the spec's tenant columns and covers the rows whose tenant column holds it (with
+    the reference spec: documents and plans by organization_id, images by project_id), the
+    uploads and plan tiles under its own prefixes, and the objects those rows reference. So an
+    organization's partition does not cover its projects' images: look at their project
+    partitions, or at `__all__`.
     """
     options = DiffOptions(
         min_age=timedelta(seconds=config.min_age),
@@ -282,6 +315,7 @@ def reconciliation_report(
                 storage_inventory.snapshot_at,
             ),
             "examples": examples_table(report),
+            **({"tenants": tenants_table(report)} if context.partition_key == ALL_TENANTS else {}),
         }
     )
     return report

@@ -70,7 +70,8 @@ def to_result(outcome: CheckOutcome, asset_key: dg.AssetKey) -> dg.AssetCheckRes
         elif isinstance(value, int):
             metadata[name] = dg.MetadataValue.int(value)
         elif isinstance(value, float):
-            metadata[name] = dg.MetadataValue.float(value)
+            # Shown, never compared: four places are plenty for a ratio or a number of hours.
+            metadata[name] = dg.MetadataValue.float(round(value, 4))
         elif isinstance(value, str):
             metadata[name] = dg.MetadataValue.text(value)
         else:

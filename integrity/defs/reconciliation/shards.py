@@ -221,7 +221,7 @@ def shard_db_inventory(
     context.add_output_metadata(
         {
             "rows_read": dg.MetadataValue.int(inventory.rows),
-            "seconds": dg.MetadataValue.float(inventory.seconds),
+            "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             "complete": dg.MetadataValue.bool(inventory.complete),
         }
     )
@@ -266,7 +266,7 @@ def shard_storage_inventory(
         {
             "objects_listed": dg.MetadataValue.int(inventory.count),
             "requests": dg.MetadataValue.int(inventory.requests),
-            "seconds": dg.MetadataValue.float(inventory.seconds),
+            "seconds": dg.MetadataValue.float(round(inventory.seconds, 3)),
             "start_after": dg.MetadataValue.text(repr(after)[:300]),
             "end": dg.MetadataValue.text(repr(end)[:300]),
             "complete": dg.MetadataValue.bool(inventory.complete),
