@@ -419,13 +419,13 @@ def upload_findings(
             is_orphan,
             "no "
             + uploads.processed_table
-            + " row; job "
+            + " row; processing job "
             + merged["job_status"].fillna("absent").astype("object"),
         ),
         (
             "stuck_job",
             is_stuck,
-            "job processing since "
+            "processing job processing since "
             + started.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("?").astype("object"),
         ),
     ):

@@ -198,13 +198,19 @@ class _Run:
         if tenant is None and not named:
             return self._done("ignored", "not under the uploads prefix and no images row names it")
         if (tenant is None or upload_done) and not images:
-            done = "documents row and job are complete" if tenant else "images rows are staged"
+            done = (
+                "documents row and processing job are complete"
+                if tenant
+                else "images rows are staged"
+            )
             return self._done("already_processed", done)
 
         head = self.store.head(key)
         if head is None:
             if processing_job is None or processing_job.status == state.COMPLETE:
-                return self._done("gone", "the object is not in storage and no job waits for it")
+                return self._done(
+                    "gone", "the object is not in storage and no processing job waits for it"
+                )
             self._claim_or_busy()
             if not self.claimed:
                 return self.result
@@ -248,7 +254,7 @@ class _Run:
                 current = state.read_processing_job(conn, self.spec.jobs, self.key)
             since = current.started_at if current and current.started_at else "?"
             status = current.status if current else "absent"
-            self._done("busy", f"job is {status} (since {since}); another run holds it")
+            self._done("busy", f"processing job is {status} (since {since}); another run holds it")
 
     def _done(self, outcome: str, reason: str) -> ProcessResult:
         self.result.outcome = outcome
