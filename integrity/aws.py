@@ -1,23 +1,16 @@
-"""Where an AWS client points, resolved once for the CLI and the Dagster resources alike.
+"""botocore sessions and boto3 clients, and what the AWS config file says about them.
 
-boto3's own convention decides: `AWS_ENDPOINT_URL_<SERVICE>` (or the `services` section of the
-AWS config file) names one service's endpoint and wins over the global `AWS_ENDPOINT_URL` (or
-the profile's `endpoint_url`); `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` turns all of them off.
-The region is `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the profile's. The storage client
-(integrity.storage.s3.s3_client) and the queue client (integrity.remediation.queue.sqs_client)
-are built from these; credentials always come from the standard AWS chain, never from here.
+The environment's endpoints and region are read once by integrity.settings and passed in by
+integrity.connections, which builds the storage and queue clients for the CLI and the Dagster
+resources alike; this module only adds what the profile in the AWS config file says (its region,
+a service's `endpoint_url` in its `services` section). Credentials always come from the
+standard AWS chain inside boto3, never from here.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
-
-ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"
-ENV_REGION = "AWS_REGION"
-ENV_DEFAULT_REGION = "AWS_DEFAULT_REGION"
-
 
 _LOCK = threading.Lock()
 _LOADER: list[Any] = []  # one data loader for the process: it only caches botocore's data files
@@ -53,25 +46,23 @@ def client(service: str, core: Any, **kwargs: Any) -> Any:
     return boto_session.client(service, **kwargs)
 
 
-def region(core: Any | None = None) -> str | None:
-    """AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region (botocore reads only the
-    last two, so a CLI and a resource could otherwise disagree under `AWS_REGION=auto`)."""
-    configured = os.environ.get(ENV_REGION) or os.environ.get(ENV_DEFAULT_REGION)
-    if configured:
-        return configured
+def profile_region(core: Any | None = None) -> str | None:
+    """The region the AWS profile (config file, or botocore's own AWS_DEFAULT_REGION) gives."""
     return (core or botocore_session()).get_config_variable("region") or None
 
 
-def service_endpoint(service: str, core: Any | None = None) -> str | None:
+def service_endpoint(
+    service: str, configured: str | None = None, core: Any | None = None
+) -> str | None:
     """The endpoint configured for this one service, never the global one.
 
-    `AWS_ENDPOINT_URL_<SERVICE>`, else the service's `endpoint_url` in the profile's `services`
-    section of the AWS config file; None when neither is set or configured endpoints are ignored.
+    `configured` (AWS_ENDPOINT_URL_<SERVICE>, read by integrity.settings), else the service's
+    `endpoint_url` in the profile's `services` section of the AWS config file; None when neither
+    is set or configured endpoints are ignored.
     """
     core = core or botocore_session()
     if core.get_config_variable("ignore_configured_endpoint_urls"):
         return None
-    configured = os.environ.get(f"{ENV_ENDPOINT_URL}_{service.upper()}")
     if configured:
         return configured
     section = core.get_scoped_config().get("services")

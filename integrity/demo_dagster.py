@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,9 +191,9 @@ def dev_command(home: Path, target: Path) -> str:
     return f"{prefix}DAGSTER_HOME={shown(target)} {program('dagster')} dev"
 
 
-def closing_hints(home: Path, ui: DagsterDemo) -> str:
+def closing_hints(home: Path, ui: DagsterDemo, *, overriding: Sequence[str] = ()) -> str:
     """What to run next, as commands that work in a fresh shell from the working directory,
-    naming any environment that would point elsewhere."""
+    naming the variables set (`overriding`) that would point `dagster dev` elsewhere."""
     from integrity import settings
 
     integrity = program("integrity")
@@ -207,11 +207,6 @@ def closing_hints(home: Path, ui: DagsterDemo) -> str:
     ]
     if failed:
         lines.insert(1, f"  (failed: {', '.join(failed)}; the run logs are in the UI)")
-    overriding = [
-        n
-        for n in (settings.ENV_DB_URL, settings.ENV_STORAGE_DIR, settings.ENV_BUCKET)
-        if os.environ.get(n, "").strip()
-    ]
     if overriding:
         lines.append(
             f"  (unset {', '.join(overriding)}: they point dagster dev away from the demo)"

@@ -95,18 +95,25 @@ class EngineLimits:
     gives the same findings without the engine's start-up (about a second); 0: never."""
 
     @classmethod
-    def from_env(cls) -> EngineLimits:
-        raw = os.environ.get(settings.ENV_MEMORY_LIMIT, "").strip()
+    def default(cls) -> EngineLimits:
+        """A quarter of the machine's memory, the system's temporary directory."""
+        return cls(memory_limit=int(machine_memory() * DEFAULT_MEMORY_SHARE))
+
+    @classmethod
+    def from_settings(cls, conf: settings.Settings) -> EngineLimits:
+        """INTEGRITY_MEMORY_LIMIT, INTEGRITY_SPILL_DIR and INTEGRITY_DIFF_IN_MEMORY_BELOW as
+        Settings read them; a bad value is a UsageError naming its variable."""
+        raw = (conf.memory_limit or "").strip()
         limit = parse_memory_limit(raw) if raw else int(machine_memory() * DEFAULT_MEMORY_SHARE)
-        spill = os.environ.get(settings.ENV_SPILL_DIR, "").strip()
-        below = os.environ.get(settings.ENV_DIFF_IN_MEMORY_BELOW, "").strip()
+        spill = conf.spill_dir
+        below = (conf.diff_in_memory_below or "").strip()
         if below and not below.isdigit():
             raise UsageError(
                 f"{settings.ENV_DIFF_IN_MEMORY_BELOW}: {below!r} is not a whole number of items"
             )
         return cls(
             memory_limit=limit,
-            spill_root=Path(spill).expanduser() if spill else None,
+            spill_root=spill,
             in_memory_below=int(below) if below else IN_MEMORY_BELOW,
         )
 
@@ -164,7 +171,7 @@ class EngineSession:
 @contextmanager
 def connect(limits: EngineLimits | None = None) -> Iterator[EngineSession]:
     """A DuckDB connection bounded by the limits, spilling into a directory removed after."""
-    limits = limits or EngineLimits.from_env()
+    limits = limits or EngineLimits.default()
     root = limits.spill_root
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)

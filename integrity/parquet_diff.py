@@ -74,7 +74,7 @@ def diff_any_size(
     """The diff reconcile and the report asset run: small inventories in memory (the frame
     engine), the rest out of core under the memory limit (diff_parquet). The two give the same
     findings, which the differential test holds them to."""
-    limits = limits or EngineLimits.from_env()
+    limits = limits or EngineLimits.default()
     if storage.count + db.rows >= limits.in_memory_below:
         return diff_parquet(storage, db, spec, options, limits=limits)
     started = time.perf_counter()
@@ -571,7 +571,7 @@ def diff_parquet(
 ) -> ReconciliationReport:
     """Compare the two inventories' files and return every finding, like `diff_inventories`,
     in memory bounded by the engine's limit."""
-    limits = limits or EngineLimits.from_env()
+    limits = limits or EngineLimits.default()
     return _diff(
         storage,
         lambda work_dir: _database_files(db, work_dir),
@@ -604,7 +604,7 @@ def diff_snapshots(
         lambda _: files,
         spec,
         options,
-        limits or EngineLimits.from_env(),
+        limits or EngineLimits.default(),
         db_complete=meta.get("complete", True),
         db_errors=meta.get("errors", []),
         db_seconds=meta.get("seconds", 0.0),

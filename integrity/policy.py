@@ -9,7 +9,6 @@ run keeps it a dry run too. Pure: the Dagster sensor feeds it the report snapsho
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,10 +27,11 @@ DRY_RUN: Mode = "dry_run"
 SKIP: Mode = "skip"
 
 
-def allowed_kinds(policy: PolicySpec, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The kinds the policy applies: INTEGRITY_AUTO_REMEDIATE (comma list, or 'none') when set,
-    else the spec's `policy.auto_remediate`. An unknown kind raises SpecError naming it."""
-    raw = (environ if environ is not None else os.environ).get(AUTO_REMEDIATE_ENV)
+def allowed_kinds(policy: PolicySpec, configured: str | None = None) -> tuple[str, ...]:
+    """The kinds the policy applies: `configured` (INTEGRITY_AUTO_REMEDIATE as Settings read it:
+    a comma list, or 'none') when set, else the spec's `policy.auto_remediate`. An unknown kind
+    raises SpecError naming the variable."""
+    raw = configured
     if raw is None:
         return tuple(policy.auto_remediate)
     names = [name.strip() for name in raw.split(",") if name.strip()]

@@ -126,7 +126,7 @@ def reconcile(
     the database is, unless a tenant's rows must say first which directories to keep).
     """
     options = options or DiffOptions()
-    limits = limits or EngineLimits.from_env()
+    limits = limits or EngineLimits.default()
     started = time.perf_counter()
     store.check_access()
     check_database(engine, spec)

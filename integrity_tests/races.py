@@ -181,7 +181,9 @@ def writer_race(
     started = time.perf_counter()
     running.set()
     try:
-        applied = remediate(report, engine, spec, store, options, environ=ALLOW, on_batch=on_batch)
+        applied = remediate(
+            report, engine, spec, store, options, allow_writes=True, on_batch=on_batch
+        )
     finally:
         finished.set()
         thread.join(60)

@@ -28,6 +28,7 @@ from integrity import settings
 from integrity.diff import ReconciliationReport
 from integrity.remediation import RemediationOptions, remediate
 from integrity.remediation.ledger import db_now, read_runs, remediation_runs
+from integrity.settings import Settings
 from integrity.spec import default_spec
 from integrity.storage import LocalStorage
 
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> int:
             time.sleep(120)
 
     report = ReconciliationReport.load(report_path)
+    conf = Settings.from_env()  # the opt-in and the lease, as the parent set them
     result = remediate(
         report,
         engine,
@@ -65,6 +67,8 @@ def main(argv: list[str]) -> int:
         ),
         run_id=run_id,
         on_batch=on_batch,
+        allow_writes=conf.allow_writes,
+        lease=conf.lease_seconds(),
     )
     print(json.dumps(result.summary()), flush=True)
     return 0

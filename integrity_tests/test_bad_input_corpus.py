@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from integrity import cli, schema, settings
+from integrity import cli, schema
 from integrity.remediation import RemediationOptions, remediate
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.world import World
@@ -166,7 +166,7 @@ def test_a_stored_reference_that_names_no_object_is_one_finding(
         world.spec,
         world.store,
         RemediationOptions(dry_run=False, max_change_ratio=1.0),
-        environ={settings.ENV_ALLOW_WRITES: "1"},
+        allow_writes=True,
     )
     assert result.counts["marked_error"] == 1
     assert _row(world.engine, "bad") == ("ready", value)

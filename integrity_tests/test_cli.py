@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli
+from integrity.cli import reconcile as cli_reconcile
 from integrity.demo import EXPECTED_BY_TENANT, EXPECTED_FINDINGS, DemoEnvironment, build_demo
 from integrity.diff import EXPORT_COLUMNS, FINDING_KINDS
 from integrity.durations import format_duration, parse_duration
@@ -199,7 +200,9 @@ def test_incomplete_report_exits_3_with_the_reasons(
     demo: DemoEnvironment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A listing page that failed after its retries makes the report incomplete: exit 3."""
-    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingListings(demo.storage_dir))
+    monkeypatch.setattr(
+        cli_reconcile, "resolve_store", lambda args, conf: FailingListings(demo.storage_dir)
+    )
     code = cli.main(["reconcile", "--db-url", demo.db_url, "--json"])
     out, err = capsys.readouterr()
     assert code == cli.EXIT_INCOMPLETE

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli
+from integrity.cli import reconcile as cli_reconcile
 from integrity.schema import create_reference_schema
 
 SECRET = "hunter2"
@@ -536,7 +537,7 @@ def assert_refused(
         started.append(args)
         raise AssertionError("the reconciliation started")
 
-    monkeypatch.setattr(cli, "run_reconciliation", no_run)
+    monkeypatch.setattr(cli_reconcile, "run_reconciliation", no_run)
     before = _state(world)
     code = _main(argv)
     out, err = capsys.readouterr()

@@ -26,6 +26,8 @@ import pytest
 import sqlalchemy as sa
 
 from integrity import cli, settings
+from integrity.cli import common
+from integrity.cli import reconcile as cli_reconcile
 from integrity.clock import utcnow
 from integrity.demo import EXPECTED_BY_TENANT, EXPECTED_FINDINGS, build_demo, demo_paths
 from integrity.diff import ACTION_KINDS
@@ -200,7 +202,7 @@ def test_dry_run_changes_nothing_and_previews_apply(
 
 def test_cli_kinds_match_the_core() -> None:
     """--help names the acting kinds without importing pandas; they must stay the core's."""
-    assert cli._ACTION_KINDS == ACTION_KINDS
+    assert common._ACTION_KINDS == ACTION_KINDS
 
 
 # --------------------------------------------------------------------------- refusals
@@ -272,7 +274,9 @@ def test_circuit_breaker_on_a_wrong_storage_is_one_line_and_force_overrides(
 def test_incomplete_report_with_apply_exits_3_and_changes_nothing(
     demo: Demo, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "resolve_store", lambda args: FailingListings(demo.storage_dir))
+    monkeypatch.setattr(
+        cli_reconcile, "resolve_store", lambda args, conf: FailingListings(demo.storage_dir)
+    )
     set_writes(monkeypatch)
     engine = demo.engine()
     before = snapshot(engine)

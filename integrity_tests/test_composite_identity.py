@@ -141,7 +141,7 @@ def run_apply(
     report: ReconciliationReport, db: sa.Engine, spec: ReconciliationSpec, store: LocalStorage
 ):
     options = RemediationOptions(dry_run=False, max_change_ratio=1.0)
-    return remediate(report, db, spec, store, options, environ=ALLOW)
+    return remediate(report, db, spec, store, options, allow_writes=True)
 
 
 def test_drift_in_one_tenant_is_reported_applied_and_rolled_back_on_that_row_only(
@@ -190,10 +190,10 @@ def test_drift_in_one_tenant_is_reported_applied_and_rolled_back_on_that_row_onl
     assert (stale.updated, stale.counts["skipped_changed"]) == (0, 1)
     assert table_rows(db) == after
 
-    undo = rollback(db, result.run_id, dry_run=False, environ=ALLOW)
+    undo = rollback(db, result.run_id, dry_run=False, allow_writes=True)
     assert (undo.counts["restored"], undo.counts["skipped_changed"]) == (1, 0)
     assert table_rows(db) == before
-    assert rollback(db, result.run_id, dry_run=False, environ=ALLOW).counts["restored"] == 0
+    assert rollback(db, result.run_id, dry_run=False, allow_writes=True).counts["restored"] == 0
     assert run_reconcile(store, db, spec).counts()["missing_original"] == 1
 
 
@@ -299,7 +299,7 @@ def test_a_single_integer_id_is_matched_as_the_report_spells_it(
             conn.execute(sa.select(numbered_documents.c.id, numbered_documents.c.status)).all()
         )
     assert statuses == {1: "error", 2: "complete", 3: "complete", 4: "complete"}
-    assert rollback(db, result.run_id, dry_run=False, environ=ALLOW).counts["restored"] == 1
+    assert rollback(db, result.run_id, dry_run=False, allow_writes=True).counts["restored"] == 1
     with db.connect() as conn:
         assert set(conn.execute(sa.select(numbered_documents.c.status)).scalars()) == {"complete"}
 

@@ -26,12 +26,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from integrity import cli, settings
+from integrity import cli, connections, settings
+from integrity.cli.inputs import make_work_queue, resolve_store
 from integrity.defs.processing.sensors import bucket_notification_sensor, requeue_sensor
 from integrity.defs.resources import resources_from_env
 from integrity.remediation import ledger
-from integrity.remediation.queue import QueueEntry, SqsQueue, sqs_client
+from integrity.remediation.queue import QueueEntry, SqsQueue
 from integrity.schema import create_reference_schema
+from integrity.settings import Settings
 from integrity.storage.s3 import s3_client
 from integrity_tests.test_events import r2_message
 
@@ -103,7 +105,8 @@ def storage_clients(bucket: str, *flags: str) -> dict[str, Any]:
     """The storage client of the CLI (with these flags) and of the Dagster resources."""
     args = cli.build_parser().parse_args(["reconcile", "--bucket", bucket, *flags])
     with dg.build_resources(resources_from_env()) as built:
-        return {"cli": cli.resolve_store(args).client, "dagster": built.storage.get_store().client}
+        cli_store = resolve_store(args, Settings.from_env())
+        return {"cli": cli_store.client, "dagster": built.storage.get_store().client}
 
 
 def queue_clients(events_url: str) -> dict[str, Any]:
@@ -113,7 +116,7 @@ def queue_clients(events_url: str) -> dict[str, Any]:
         outbox = built.queue.get_queue()
         assert isinstance(outbox, SqsQueue)
         return {
-            "cli": cli.make_work_queue(queue_url).client,
+            "cli": make_work_queue(queue_url, Settings.from_env()).client,
             "remediation outbox": outbox.client,
             "requeue_sensor": built.queue.sqs_client(),
             "bucket_notification_sensor": built.queue.sqs_client(events_url),
@@ -177,11 +180,13 @@ def test_an_sqs_endpoint_wins_over_the_queue_url_and_the_global_endpoint(
     local = ("http://elasticmq:9324", "eu-west-1")
     assert {path: where(c) for path, c in queues.items()} == {p: local for p in queues}
     monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
-    assert where(sqs_client(queue_url=AWS_QUEUE)) == AWS_SQS
+    assert where(connections.sqs_client(Settings.from_env(), AWS_QUEUE)) == AWS_SQS
 
 
 def test_a_queue_url_on_another_server_gives_its_server_and_never_a_user() -> None:
-    assert where(sqs_client(queue_url="http://me:pw@localhost:4566/000000000000/q")) == (
+    assert where(
+        connections.sqs_client(Settings.from_env(), "http://me:pw@localhost:4566/000000000000/q")
+    ) == (
         "http://localhost:4566",
         "us-east-1",
     )
@@ -331,4 +336,5 @@ def test_s3_client_is_what_the_cli_and_the_resource_share(monkeypatch: pytest.Mo
     assert client.meta.config.response_checksum_validation == "when_required"
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
-    assert s3_client().meta.config.request_checksum_calculation == "when_supported"
+    shared = connections.s3_client(Settings.from_env())
+    assert shared.meta.config.request_checksum_calculation == "when_supported"

@@ -27,6 +27,7 @@ import yaml
 import integrity
 from integrity import cli, demo
 from integrity.checks import ERROR, PASSED, WARN, evaluate_findings, kind_denominators
+from integrity.cli import output
 from integrity.defs.reconciliation.checks import FINDING_CHECK_SPECS, finding_check_specs
 from integrity.diff import (
     ACTION_KINDS,
@@ -381,7 +382,7 @@ def test_a_new_kind_given_in_a_registry_reaches_counts_checks_and_summary(
     assert specs[-1].asset_key == dg.AssetKey("reconciliation_report")
 
     # The CLI's summary table, and the README table of this registry.
-    summary = cli.format_summary(report, source="dir", database="db", registry=registry)
+    summary = output.format_summary(report, source="dir", database="db", registry=registry)
     assert re.search(r"^  empty_upload +2  requeue$", summary, re.MULTILINE)
     assert re.search(r"^  total +3$", summary, re.MULTILINE)
     assert readme_table(registry).splitlines()[-1] == (
@@ -439,7 +440,7 @@ print(json.dumps({
     "set": spec.checks.findings.for_kind("empty_upload").model_dump(),
     "typo": typo,
     "policy": list(spec.policy.auto_remediate),
-    "env_policy": list(policy.allowed_kinds(spec.policy, {"INTEGRITY_AUTO_REMEDIATE": "empty_upload"})),
+    "env_policy": list(policy.allowed_kinds(spec.policy, "empty_upload")),
     "help": " ".join(out.getvalue().split()),
     "checks": sorted(k.name for k in graph.asset_check_keys),
     "demo": demo.EXPECTED_FINDINGS,

@@ -37,6 +37,7 @@ from integrity.inventory import (
     inventory_from_batches,
 )
 from integrity.parquet_diff import WHITESPACE_BELOW, diff_any_size, diff_parquet
+from integrity.settings import Settings
 from integrity.spec import ReferenceSpec, TableSpec, default_spec
 
 BUCKET = "media"
@@ -464,10 +465,10 @@ def test_small_inventories_are_diffed_in_memory_and_large_ones_out_of_core(
     assert small.counts()["missing_original"] == 2
 
 
-def test_a_bad_in_memory_threshold_is_one_readable_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INTEGRITY_DIFF_IN_MEMORY_BELOW", "lots")
+def test_a_bad_in_memory_threshold_is_one_readable_line() -> None:
+    conf = Settings.from_env({"INTEGRITY_DIFF_IN_MEMORY_BELOW": "lots"})
     with pytest.raises(UsageError, match="INTEGRITY_DIFF_IN_MEMORY_BELOW: 'lots' is not a whole"):
-        EngineLimits.from_env()
+        EngineLimits.from_settings(conf)
 
 
 def test_a_limit_too_small_even_to_spill_is_one_readable_line(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from integrity.policy import (
     decide_remediation,
 )
 from integrity.reconcile import reconcile
+from integrity.settings import Settings
 from integrity.spec import PolicySpec, default_spec
 from integrity.storage import LocalStorage
 
@@ -128,13 +129,14 @@ def test_no_run_for_an_incomplete_report_or_nothing_to_do(
 
 def test_allowed_kinds_from_the_environment_or_the_spec() -> None:
     policy = PolicySpec(auto_remediate=["orphan_object"])
-    assert allowed_kinds(policy, {}) == ("orphan_object",)
-    assert allowed_kinds(PolicySpec(), {}) == ()
+    assert allowed_kinds(policy, Settings.from_env({}).auto_remediate) == ("orphan_object",)
+    assert allowed_kinds(PolicySpec(), None) == ()
     env = {AUTO_REMEDIATE_ENV: " stuck_job, progress_behind,stuck_job "}
-    assert allowed_kinds(policy, env) == ("stuck_job", "progress_behind")
-    assert allowed_kinds(policy, {AUTO_REMEDIATE_ENV: "none"}) == ()
+    configured = Settings.from_env(env).auto_remediate
+    assert allowed_kinds(policy, configured) == ("stuck_job", "progress_behind")
+    assert allowed_kinds(policy, "none") == ()
     with pytest.raises(SpecError) as raised:
-        allowed_kinds(policy, {AUTO_REMEDIATE_ENV: "orphan_object,foreign_reference"})
+        allowed_kinds(policy, "orphan_object,foreign_reference")
     assert str(raised.value) == (
         "INTEGRITY_AUTO_REMEDIATE: 'foreign_reference' is not a kind remediation acts on "
         "(a comma list of " + ", ".join(ACTION_KINDS) + ", or none)"

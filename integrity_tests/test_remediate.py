@@ -41,12 +41,12 @@ from integrity.remediation.ledger import (
     RUNS_TABLE,
     audit,
     fail_interrupted_runs,
-    lease_seconds,
     queue,
     remediation_runs,
 )
 from integrity.remediation.queue import SqsQueue, make_queue
 from integrity.remediation.rollback import TargetStillRunning, rollback, run_history
+from integrity.settings import Settings
 from integrity.storage import LocalStorage, S3Storage
 from integrity_tests.flaky_proxy import FlakyProxy
 from integrity_tests.remediation_worker import kill_mid_batch, wait_for_lease_to_run_out
@@ -97,14 +97,16 @@ def naive(moment: datetime) -> datetime:
 
 def apply(world: World, report: ReconciliationReport, **kwargs: Any):
     """A write run with the opt-in; RemediationOptions fields and remediate's keywords mixed."""
-    keywords = {k: kwargs.pop(k) for k in ("work_queue", "run_id", "on_batch") if k in kwargs}
+    keywords = {
+        k: kwargs.pop(k) for k in ("work_queue", "run_id", "on_batch", "lease") if k in kwargs
+    }
     return remediate(
         report,
         world.engine,
         world.spec,
         world.store,
         RemediationOptions(dry_run=False, **kwargs),
-        environ=ALLOW,
+        allow_writes=True,
         **keywords,
     )
 
@@ -275,7 +277,7 @@ def test_dry_run_writes_nothing_and_counts_what_the_apply_does(world: World) -> 
         world.spec,
         world.store,
         RemediationOptions(max_change_ratio=1.0, batch_size=2),
-        environ={},
+        allow_writes=False,
     )
 
     assert dry.dry_run and dry.updated == 8
@@ -421,7 +423,7 @@ def test_a_writer_fixing_rows_during_the_run_never_loses_a_fix(world: World) -> 
     start = time.monotonic()
     try:
         result = remediate(
-            report, engine, world.spec, store, options, environ=ALLOW, on_batch=on_batch
+            report, engine, world.spec, store, options, allow_writes=True, on_batch=on_batch
         )
     finally:
         first_batch.set()
@@ -556,16 +558,16 @@ def test_a_live_run_keeps_its_lease_through_a_long_gap_between_batches(
     timer keeps the run's lease, so it reads as running, no other run records it as failed, and
     rolling it back is refused while it lives."""
     engine = world.engine
-    monkeypatch.setenv(settings.ENV_RUN_LEASE, "1")
+    lease = 1.0
     _insert_documents(world, [(f"r{n}", f"documents/org-1/gone-{n}.pdf") for n in range(2)])
     seen: dict[str, Any] = {}
 
     def look(run_id: str) -> None:
         time.sleep(2.0)  # two lease lengths after batch 1 committed, one before batch 2
-        [seen["run"]] = [r for r in run_history(engine) if r["run_id"] == run_id]
-        seen["claimed"] = fail_interrupted_runs(engine, by="another-run")
+        [seen["run"]] = [r for r in run_history(engine, lease=lease) if r["run_id"] == run_id]
+        seen["claimed"] = fail_interrupted_runs(engine, by="another-run", lease=lease)
         try:
-            rollback(engine, run_id, dry_run=False, environ=ALLOW)
+            rollback(engine, run_id, dry_run=False, allow_writes=True, lease=lease)
         except TargetStillRunning as exc:
             seen["refused"] = str(exc)
 
@@ -577,7 +579,14 @@ def test_a_live_run_keeps_its_lease_through_a_long_gap_between_batches(
             watcher.start()
 
     result = apply(
-        world, world.reconcile(), force=True, batch_size=1, pause=3.0, run_id=run_id, on_batch=after
+        world,
+        world.reconcile(),
+        force=True,
+        batch_size=1,
+        pause=3.0,
+        run_id=run_id,
+        on_batch=after,
+        lease=lease,
     )
     watcher.join()
 
@@ -626,7 +635,7 @@ def test_a_killed_run_reads_as_interrupted_once_its_lease_runs_out_and_rolls_bac
     assert (seen["state"], seen["interrupted"]) == ("failed", True)
     assert fail_interrupted_runs(engine, by="c") == []
 
-    undone = rollback(engine, run_id, dry_run=False, environ=ALLOW)
+    undone = rollback(engine, run_id, dry_run=False, allow_writes=True)
     assert (undone.counts["removed"], undone.counts["restored"]) == (4, 2)
     assert undone.counts["queue_cancelled"] == 4
     assert snapshot(engine) == original
@@ -677,13 +686,13 @@ def test_a_run_recorded_as_failed_while_alive_stops_before_its_next_batch(world:
 )
 def test_the_lease_length_comes_from_the_environment(value: str | None, seconds: float) -> None:
     environ = {} if value is None else {settings.ENV_RUN_LEASE: value}
-    assert lease_seconds(environ) == seconds
+    assert Settings.from_env(environ).lease_seconds() == seconds
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf", "100000"])
 def test_a_bad_lease_length_is_one_line_naming_the_variable(value: str) -> None:
     with pytest.raises(SpecError) as raised:
-        lease_seconds({settings.ENV_RUN_LEASE: value})
+        Settings.from_env({settings.ENV_RUN_LEASE: value}).lease_seconds()
     assert str(raised.value) == (
         "INTEGRITY_RUN_LEASE_SECONDS: must be a number of seconds above 0 and at most 86,400, "
         f"not {value!r}"
@@ -706,7 +715,7 @@ def test_rollback_restores_exactly_what_was_there(world: World) -> None:
     assert snapshot(engine) == after_apply
     assert {e["state"] for e in ledger_rows(engine, queue)} == {"pending"}
 
-    undone = rollback(engine, applied.run_id, dry_run=False, environ=ALLOW)
+    undone = rollback(engine, applied.run_id, dry_run=False, allow_writes=True)
 
     assert snapshot(engine) == before
     expected = {
@@ -732,7 +741,7 @@ def test_rollback_restores_exactly_what_was_there(world: World) -> None:
     assert history[undone.run_id]["state"] == "completed"
 
     # rolling back twice changes nothing
-    twice = rollback(engine, applied.run_id, dry_run=False, environ=ALLOW)
+    twice = rollback(engine, applied.run_id, dry_run=False, allow_writes=True)
     assert twice.counts["restored"] == twice.counts["removed"] == 0
     assert snapshot(engine) == before
     assert ledger_rows(engine, audit, run_id=twice.run_id) == []
@@ -776,7 +785,7 @@ def test_rollback_skips_rows_changed_since_the_run(world: World) -> None:
             .values(status="processing", updated_at=later)
         )
 
-    undone = rollback(engine, applied.run_id, dry_run=False, environ=ALLOW)
+    undone = rollback(engine, applied.run_id, dry_run=False, allow_writes=True)
 
     assert undone.counts["skipped_changed"] == 2
     assert (undone.counts["restored"], undone.counts["removed"]) == (6, 0)
@@ -798,10 +807,10 @@ def test_rollback_refuses_unknown_runs_and_writes_without_opt_in(world: World) -
     plant_every_kind(world)
     applied = apply(world, world.reconcile(), max_change_ratio=1.0)
     with pytest.raises(RemediationRefused, match="check the run id"):
-        rollback(world.engine, "no-such-run", dry_run=False, environ=ALLOW)
+        rollback(world.engine, "no-such-run", dry_run=False, allow_writes=True)
     after_apply = snapshot(world.engine)
     with pytest.raises(RemediationRefused, match="INTEGRITY_ALLOW_WRITES=1"):
-        rollback(world.engine, applied.run_id, dry_run=False, environ={})
+        rollback(world.engine, applied.run_id, dry_run=False, allow_writes=False)
     assert snapshot(world.engine) == after_apply
     with pytest.raises(SpecError, match="batch_size"):
         rollback(world.engine, applied.run_id, batch_size=0)
@@ -860,7 +869,7 @@ def test_circuit_breaker_on_an_empty_or_wrong_bucket(engine, s3_client, bucket, 
                 world.spec,
                 misconfigured.store,
                 RemediationOptions(dry_run=dry_run),
-                environ=ALLOW,
+                allow_writes=True,
             )
         message = str(refused.value)
         assert "circuit breaker" in message and "\n" not in message
@@ -945,7 +954,7 @@ def test_an_incomplete_listing_is_never_acted_on(engine, moto_endpoint, s3_clien
                 world.spec,
                 world.store,
                 RemediationOptions(dry_run=dry_run, force=True),
-                environ=ALLOW,
+                allow_writes=True,
             )
         message = str(refused.value)
         assert "incomplete" in message and report.reasons[0] in message
@@ -982,7 +991,7 @@ def test_writes_need_the_opt_in(world: World, environ) -> None:
             world.spec,
             world.store,
             RemediationOptions(dry_run=False, max_change_ratio=1.0),
-            environ=environ,
+            allow_writes=Settings.from_env(environ).allow_writes,
         )
     assert "INTEGRITY_ALLOW_WRITES=1" in str(refused.value)
     assert snapshot(world.engine) == before
@@ -994,7 +1003,7 @@ def test_writes_need_the_opt_in(world: World, environ) -> None:
         world.spec,
         world.store,
         RemediationOptions(max_change_ratio=1.0),
-        environ=environ,
+        allow_writes=Settings.from_env(environ).allow_writes,
     )
     assert dry.updated == 8 and ledger_tables(world.engine) == set()
 

@@ -116,7 +116,7 @@ def test_keys_that_cannot_be_rechecked_are_skipped_and_audited_and_the_rest_appl
         world.spec,
         store,
         RemediationOptions(dry_run=False, batch_size=4, force=True),
-        environ=ALLOW,
+        allow_writes=True,
     )
 
     assert result.counts["marked_error"] == 6 and result.counts["jobs_created"] == 3
@@ -148,7 +148,7 @@ def test_keys_that_cannot_be_rechecked_are_skipped_and_audited_and_the_rest_appl
         assert ("HTTP 400" if "refused" in key else "ConnectionClosedError") in reason, reason
 
     # the skipped records are not undone by a rollback; the changes are
-    undone = rollback(engine, result.run_id, dry_run=False, environ=ALLOW)
+    undone = rollback(engine, result.run_id, dry_run=False, allow_writes=True)
     assert (undone.counts["restored"], undone.counts["removed"]) == (6, 3)
     assert undone.counts["skipped_changed"] == 0
     assert documents(engine) == before
@@ -172,7 +172,7 @@ def test_a_local_path_the_system_refuses_is_skipped_not_fatal(
         world.spec,
         world.store,
         RemediationOptions(dry_run=False, force=True),
-        environ=ALLOW,
+        allow_writes=True,
     )
 
     assert (result.counts["marked_error"], result.counts["skipped_unverified"]) == (3, 1)
@@ -209,7 +209,7 @@ def test_a_store_failing_every_head_stops_the_run_within_its_budget(
             world.spec,
             store,
             RemediationOptions(dry_run=False, batch_size=10, force=True, recheck_budget=3.0),
-            environ=ALLOW,
+            allow_writes=True,
         )
 
     result = raised.value.result
@@ -352,7 +352,7 @@ def test_an_object_stored_while_its_batch_is_written_leaves_no_error_mark(
             world.spec,
             world.store,
             RemediationOptions(dry_run=False, batch_size=10, force=True),
-            environ=ALLOW,
+            allow_writes=True,
         )
     finally:
         writer.close()
@@ -379,7 +379,7 @@ def test_an_object_stored_while_its_batch_is_written_leaves_no_error_mark(
     assert undone == (set(writer.stored) if moment == "commit" else set())
 
     # a rollback restores the marks that stayed, and nothing else
-    back = rollback(engine, result.run_id, dry_run=False, environ=ALLOW)
+    back = rollback(engine, result.run_id, dry_run=False, allow_writes=True)
     assert (back.counts["restored"], back.counts["skipped_changed"]) == (20, 0)
     assert documents(engine) == before
 

@@ -31,7 +31,7 @@ from integrity.schema import create_reference_schema
 from integrity.spec import default_spec
 from integrity.storage import S3Storage
 from integrity_tests.flaky_proxy import FAULTS, FlakyProxy
-from integrity_tests.test_remediate import ALLOW, snapshot
+from integrity_tests.test_remediate import snapshot
 from integrity_tests.world import HOUR, World
 
 SPEC = default_spec()
@@ -121,7 +121,7 @@ def _findings(report: ReconciliationReport) -> pd.DataFrame:
 
 def _apply(report: ReconciliationReport, engine: sa.Engine, store: S3Storage) -> RemediationResult:
     options = RemediationOptions(dry_run=False, force=True, batch_size=10, concurrency=4)
-    return remediate(report, engine, SPEC, store, options, environ=ALLOW)
+    return remediate(report, engine, SPEC, store, options, allow_writes=True)
 
 
 def _written(engine: sa.Engine) -> dict[str, list[tuple]]:

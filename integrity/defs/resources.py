@@ -8,15 +8,14 @@ reads storage from an S3 Inventory report instead of a listing, and INTEGRITY_IN
 is the oldest such report remediation may write from. Nothing here touches
 the network when the definitions load: stores and engines are made when a step or tick asks.
 
-The storage and queue clients come from the pure core (integrity.storage.s3.s3_client and
-integrity.remediation.queue.sqs_client), the same builders the CLI uses, so endpoints and
-regions follow boto3's convention there: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for the bucket,
-AWS_ENDPOINT_URL_SQS or else the queue URL's own server for the queue.
+The engine, the store and the queue clients are built by integrity.connections from
+integrity.settings.Settings, the same builders and the same messages as the CLI's: endpoints and
+regions follow boto3's convention there (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for the bucket,
+AWS_ENDPOINT_URL_SQS or else the queue URL's own server for the queue), with one region fallback.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -27,18 +26,23 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from integrity import settings
-from integrity.database import database_url
-from integrity.defs.alerts.resources import alerts_resource_from_env
+from integrity import connections, settings
+from integrity.defs.alerts.resources import alerts_resource_from_env, env_var_when_set
 from integrity.durations import parse_duration
-from integrity.errors import DatabaseError
 from integrity.inventory import safe_url
 from integrity.inventory.reports import InventoryReport, open_report
-from integrity.remediation.queue import WorkQueue, make_queue, sqs_client
+from integrity.remediation.queue import WorkQueue
+from integrity.settings import Settings
 from integrity.spec import ReconciliationSpec, load_spec
-from integrity.storage import LocalStorage, S3Storage
 from integrity.storage.base import ObjectStore
-from integrity.storage.s3 import s3_client
+
+# How the resources' fields are named in the messages the shared builders raise.
+STORAGE_NAMES = {
+    "bucket": "storage.bucket",
+    "storage_dir": "storage.storage_dir",
+    "endpoint_url": "storage.endpoint_url",
+    "region": "storage.region_name",
+}
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -83,11 +87,24 @@ class StorageResource(dg.ConfigurableResource):
     )
 
     def get_store(self) -> ObjectStore:
-        if self.bucket:
-            client = s3_client(self.endpoint_url, self.region_name, max_attempts=self.max_attempts)
-            return S3Storage(client, self.bucket, attempts=self.listing_attempts)
-        root = Path(self.storage_dir) if self.storage_dir else settings.default_storage_dir()
-        return LocalStorage(root)
+        # This resource's fields decide bucket or directory; the environment's AWS settings
+        # (endpoints, region, checksums) apply as they do for the CLI.
+        conf = connections.without_location(Settings.from_env())
+        return connections.make_store(
+            conf,
+            bucket=self.bucket,
+            storage_dir=Path(self.storage_dir) if self.storage_dir else None,
+            endpoint_url=self.endpoint_url,
+            region=self.region_name,
+            max_attempts=self.max_attempts,
+            listing_attempts=self.listing_attempts,
+            names=STORAGE_NAMES,
+        )
+
+    def _client(self) -> Any:
+        return connections.s3_client(
+            Settings.from_env(), self.endpoint_url, self.region_name, max_attempts=self.max_attempts
+        )
 
     def inventory_report(
         self, spec: ReconciliationSpec, store: ObjectStore
@@ -102,9 +119,7 @@ class StorageResource(dg.ConfigurableResource):
         report = open_report(
             source,
             client=getattr(store, "client", None) if store.backend == "s3" else None,
-            client_factory=lambda: s3_client(
-                self.endpoint_url, self.region_name, max_attempts=self.max_attempts
-            ),
+            client_factory=self._client,
             option=option,
         )
         report.check_bucket(store.bucket)
@@ -125,7 +140,7 @@ class DatabaseResource(dg.ConfigurableResource):
 
     @property
     def resolved_url(self) -> str:
-        return self.url or settings.default_db_url()
+        return self.url or Settings.from_env().database_url
 
     @property
     def description(self) -> str:
@@ -134,31 +149,11 @@ class DatabaseResource(dg.ConfigurableResource):
 
     @contextmanager
     def engine(self) -> Iterator[sa.Engine]:
-        """An engine for one step or tick, disposed afterwards.
-
-        A SQLite file that does not exist is an error rather than a new empty database, so a
-        mistyped path is reported instead of silently reconciling against nothing.
-        """
-        try:
-            url = sa.make_url(self.resolved_url)
-        except sa.exc.ArgumentError:
-            raise DatabaseError(
-                "the database URL cannot be parsed: check INTEGRITY_DB_URL"
-            ) from None
-        is_sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (
-            None,
-            "",
-            ":memory:",
-        )
-        if is_sqlite_file and not Path(url.database).is_file():
-            raise DatabaseError(
-                f"SQLite database {url.database} does not exist: run `integrity demo` "
-                "or set INTEGRITY_DB_URL"
-            )
-        try:
-            engine = sa.create_engine(database_url(url))
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise DatabaseError(f"cannot open database {self.description}: {exc}") from None
+        """An engine for one step or tick, disposed afterwards (integrity.connections.make_engine:
+        a missing SQLite file or a bad URL is the same one-line error as the CLI's)."""
+        conf = Settings.from_env()
+        option = settings.ENV_DB_URL if self.url and self.url == conf.db_url else "database.url"
+        engine = connections.make_engine(self.resolved_url, option=option, conf=conf)
         try:
             yield engine
         finally:
@@ -199,20 +194,27 @@ class QueueResource(dg.ConfigurableResource):
     def sqs_client(self, queue_url: str | None = None) -> Any:
         """The SQS client for a queue URL (default: `queue_url`), as every Dagster path makes it:
         remediation's outbox, requeue_sensor and bucket_notification_sensor. Sends nothing."""
-        return sqs_client(self.endpoint_url, self.region, queue_url or self.queue_url)
+        return connections.sqs_client(
+            Settings.from_env(),
+            queue_url or self.queue_url,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+        )
 
     def get_queue(self) -> WorkQueue:
         """The queue; builds a client but sends nothing (remediation checks access itself)."""
-        return make_queue(self.queue_url, endpoint_url=self.endpoint_url, region=self.region)
+        return connections.make_queue(
+            Settings.from_env(), self.queue_url, endpoint_url=self.endpoint_url, region=self.region
+        )
 
 
-def _from_env(name: str) -> dg.EnvVar | None:
-    """EnvVar when the variable is set (resolved at run time, shown as such in the UI), else None."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+def resources_from_env(conf: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """The resources as the environment describes them; no I/O happens here."""
+    conf = conf or Settings.from_env()
+
+    def _from_env(name: str) -> dg.EnvVar | None:
+        return env_var_when_set(conf, name)
+
     # Endpoints and regions are left to the client builders, which the CLI shares: an explicit
     # endpoint here would hide AWS_ENDPOINT_URL_S3, and the bucket's would reach the queue.
     return {
@@ -225,5 +227,5 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "database": DatabaseResource(url=_from_env(settings.ENV_DB_URL)),
         "spec": SpecResource(path=_from_env(settings.ENV_SPEC)),
         "queue": QueueResource(queue_url=_from_env(settings.ENV_QUEUE_URL)),
-        "alerts": alerts_resource_from_env(),
+        "alerts": alerts_resource_from_env(conf),
     }

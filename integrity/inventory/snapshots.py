@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from integrity.settings import arrow_pool_chosen
+
 # Arrow's default pool (mimalloc) keeps the pages it frees, so a listing followed by a diff
 # peaks at about twice the memory the frames need (measured in BENCHMARKS.md). The system
-# allocator gives them back; ARROW_DEFAULT_MEMORY_POOL still overrides this choice.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+# allocator gives them back; ARROW_DEFAULT_MEMORY_POOL (read by integrity.settings) still
+# overrides this choice.
+if not arrow_pool_chosen():
     pa.set_memory_pool(pa.system_memory_pool())
 
 

@@ -25,7 +25,6 @@ from integrity.remediation.plan import (
     ALLOW_WRITES_ENV,
     RemediationOptions,
     plan_remediation,
-    writes_allowed,
 )
 from integrity.remediation.queue import SqsQueue, TableQueue, WorkQueue, make_queue, take_pending
 from integrity.remediation.rollback import (
@@ -57,5 +56,4 @@ __all__ = [
     "rollback_completed_line",
     "run_history",
     "take_pending",
-    "writes_allowed",
 ]

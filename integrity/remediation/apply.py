@@ -45,6 +45,7 @@ from integrity.errors import DatabaseError, IntegrityError, RemediationRefused, 
 from integrity.inventory import db_error_reason, is_transient, safe_url
 from integrity.keys import resolve_references
 from integrity.remediation.ledger import (
+    DEFAULT_LEASE_SECONDS,
     SKIPPED,
     audit,
     create_ledger,
@@ -57,7 +58,6 @@ from integrity.remediation.plan import (
     RemediationOptions,
     plan_remediation,
     stale_storage,
-    writes_allowed,
 )
 from integrity.remediation.queue import QueueEntry, TableQueue, WorkQueue
 from integrity.remediation.rows import (
@@ -358,12 +358,16 @@ def remediate(
     *,
     work_queue: WorkQueue | None = None,
     run_id: str | None = None,
-    environ: dict[str, str] | None = None,
+    allow_writes: bool = False,
+    lease: float = DEFAULT_LEASE_SECONDS,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> RemediationResult:
-    """Apply (or, by default, dry-run) the report's findings, one transaction per batch."""
+    """Apply (or, by default, dry-run) the report's findings, one transaction per batch.
+
+    `allow_writes` is the database owner's opt-in (INTEGRITY_ALLOW_WRITES=1, read by the caller
+    through integrity.settings.Settings) and `lease` the run's lease in seconds."""
     options = options or RemediationOptions()
-    if not options.dry_run and not writes_allowed(environ):
+    if not options.dry_run and not allow_writes:
         raise RemediationRefused(
             f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
             "environment of the run to apply changes (or leave dry_run on)"
@@ -393,7 +397,7 @@ def remediate(
 
     if not options.dry_run:
         create_ledger(engine)
-        start_run(engine, run_id, "remediate", report.scope, None)
+        start_run(engine, run_id, "remediate", report.scope, None, lease=lease)
     batches = list(plan_batches(plan, options.batch_size))
     ctx.pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="recheck")
     try:

@@ -15,8 +15,6 @@ next batch. Lease times come from the database's clock, so hosts with skewed clo
 from __future__ import annotations
 
 import json
-import math
-import os
 import threading
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
@@ -26,7 +24,7 @@ import sqlalchemy as sa
 
 from integrity import settings
 from integrity.clock import utcnow
-from integrity.errors import DatabaseError, SpecError
+from integrity.errors import DatabaseError
 
 metadata = sa.MetaData()
 
@@ -152,28 +150,14 @@ def _reason(exc: sa.exc.DBAPIError) -> str:
 
 # --------------------------------------------------------------------------- leases
 
-DEFAULT_LEASE_SECONDS = 180.0
-MAX_LEASE_SECONDS = 86_400.0
+DEFAULT_LEASE_SECONDS = settings.DEFAULT_LEASE_SECONDS
+MAX_LEASE_SECONDS = settings.MAX_LEASE_SECONDS
 HEARTBEATS_PER_LEASE = 4
 """The timer renews the lease this many times per lease length: a few missed beats (a locked
 SQLite file, a slow connection) do not let it lapse."""
-
-
-def lease_seconds(environ: Mapping[str, str] | None = None) -> float:
-    """The lease length: INTEGRITY_RUN_LEASE_SECONDS, else DEFAULT_LEASE_SECONDS."""
-    raw = (environ if environ is not None else os.environ).get(settings.ENV_RUN_LEASE, "")
-    if not raw.strip():
-        return DEFAULT_LEASE_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (0 < value <= MAX_LEASE_SECONDS):
-        raise SpecError(
-            f"{settings.ENV_RUN_LEASE}: must be a number of seconds above 0 and at most "
-            f"{MAX_LEASE_SECONDS:,.0f}, not {raw!r}"
-        )
-    return value
+# The lease length is INTEGRITY_RUN_LEASE_SECONDS, read by integrity.settings.Settings
+# (lease_seconds) and passed in by the CLI and the Dagster jobs; every reader of the ledger
+# should use the same length as the writers.
 
 
 def db_now(conn: sa.Connection) -> datetime:
@@ -276,18 +260,23 @@ def _stop_heartbeat(run_id: str) -> None:
 def _lease_of(run_id: str) -> float:
     with _heartbeats_lock:
         beat = _heartbeats.get(run_id)
-    return beat.lease if beat is not None else lease_seconds()
+    return beat.lease if beat is not None else DEFAULT_LEASE_SECONDS
 
 
 # --------------------------------------------------------------------------- runs
 
 
 def start_run(
-    engine: sa.Engine, run_id: str, kind: str, scope: str | None, target: str | None
+    engine: sa.Engine,
+    run_id: str,
+    kind: str,
+    scope: str | None,
+    target: str | None,
+    *,
+    lease: float = DEFAULT_LEASE_SECONDS,
 ) -> None:
     """Record a run as running (again, when a failed run id is reused), with a fresh lease that
     a timer renews until finish_run; runs found interrupted are recorded as failed first."""
-    lease = lease_seconds()
     upgrade_ledger(engine)
     _claim_expired(engine, run_id, lease)
     now = utcnow()
@@ -372,7 +361,9 @@ def lock_batch(conn: sa.Connection, run_id: str) -> None:
         )
 
 
-def fail_interrupted_runs(engine: sa.Engine, *, by: str | None) -> list[dict[str, Any]]:
+def fail_interrupted_runs(
+    engine: sa.Engine, *, by: str | None, lease: float = DEFAULT_LEASE_SECONDS
+) -> list[dict[str, Any]]:
     """Record every run whose lease has run out as failed, with `failed_by`; return those this
     call recorded (another caller racing for the same run gets it only once).
 
@@ -384,7 +375,7 @@ def fail_interrupted_runs(engine: sa.Engine, *, by: str | None) -> list[dict[str
         if not sa.inspect(conn).has_table(RUNS_TABLE):
             return []
     upgrade_ledger(engine)
-    return _claim_expired(engine, by, lease_seconds())
+    return _claim_expired(engine, by, lease)
 
 
 def _claim_expired(engine: sa.Engine, by: str | None, lease: float) -> list[dict[str, Any]]:
@@ -408,7 +399,10 @@ def _claim_expired(engine: sa.Engine, by: str | None, lease: float) -> list[dict
 
 
 def read_runs(
-    conn: sa.Connection, *where: sa.ColumnElement[bool], limit: int | None = None
+    conn: sa.Connection,
+    *where: sa.ColumnElement[bool],
+    limit: int | None = None,
+    lease: float = DEFAULT_LEASE_SECONDS,
 ) -> list[dict[str, Any]]:
     """Runs as every reader should see them, newest first: a `running` run whose lease has run
     out is `failed`, and `interrupted` says whether a run ended that way.
@@ -427,7 +421,7 @@ def read_runs(
     if limit is not None:
         query = query.limit(limit)
     rows = [dict(r) for r in conn.execute(query).mappings()]
-    now, lease = db_now(conn), lease_seconds()
+    now = db_now(conn)
     return [_as_read(row, now, lease) for row in rows]
 
 

@@ -3,12 +3,12 @@
 A report that is incomplete is refused, and so is a plan on which the circuit breaker trips: if
 marking rows `error` would hit more than `max_change_ratio` of a table's checked rows, the
 likeliest cause is a wrong bucket, endpoint or prefix, not lost objects. Writes also need the
-database owner's opt-in, INTEGRITY_ALLOW_WRITES=1, in the environment of the run.
+database owner's opt-in, INTEGRITY_ALLOW_WRITES=1 in the environment of the run, which the caller
+reads (integrity.settings.Settings.allow_writes) and passes in as `allow_writes`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,11 +25,6 @@ INVENTORY_MAX_AGE_SECONDS = DEFAULT_MAX_AGE.total_seconds()
 RECHECK_BUDGET_SECONDS = 300.0
 """The default time budget of a run's storage re-checks: enough for tens of thousands of HEADs
 on a healthy store, and an end in minutes, not hours, for a store that answers 503 to all."""
-
-
-def writes_allowed(environ: dict[str, str] | None = None) -> bool:
-    """The database owner's opt-in: INTEGRITY_ALLOW_WRITES=1 in the environment of the run."""
-    return (environ if environ is not None else os.environ).get(ALLOW_WRITES_ENV) == "1"
 
 
 @dataclass(frozen=True)

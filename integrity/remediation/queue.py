@@ -330,25 +330,32 @@ def queue_location(queue_url: str) -> tuple[str, str | None]:
 
 
 def sqs_client(
-    endpoint_url: str | None = None, region: str | None = None, queue_url: str | None = None
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    queue_url: str | None = None,
+    *,
+    default_region: str | None = None,
+    fallback_region: str = "us-east-1",
 ) -> Any:
-    """The queue client: the one place the CLI and the Dagster paths get it from.
+    """A queue client; integrity.connections.sqs_client gives it the environment's values.
 
-    The endpoint is `endpoint_url` when given, else the SQS endpoint boto3's convention names
-    (AWS_ENDPOINT_URL_SQS, or `sqs` in the config file's `services` section), else the queue
-    URL's own server. The global AWS_ENDPOINT_URL and an explicit storage endpoint (R2, MinIO)
-    are the bucket's and never apply here. The region is `region` when given, else the one an
-    AWS queue URL names, else AWS_REGION / AWS_DEFAULT_REGION / the profile's, else us-east-1
-    (what an SQS-compatible server accepts). Credentials come from the standard AWS chain.
-    Raises QueueError (one line); sends nothing.
+    The endpoint is `endpoint_url` when given (AWS_ENDPOINT_URL_SQS), else `sqs` in the AWS
+    config file's `services` section, else the queue URL's own server. The global
+    AWS_ENDPOINT_URL and a storage endpoint (R2, MinIO) are the bucket's and never apply here.
+    The region is `region` when given, else the one an AWS queue URL names, else
+    `default_region` (AWS_REGION / AWS_DEFAULT_REGION), else the profile's, else
+    `fallback_region` (what an SQS-compatible server accepts). Credentials come from the standard
+    AWS chain. Raises QueueError (one line); sends nothing.
     """
     from integrity import aws
 
     try:
         server, url_region = queue_location(queue_url) if queue_url else (None, None)
         core = aws.botocore_session()
-        endpoint = endpoint_url or aws.service_endpoint("sqs", core) or server
-        region = region or url_region or aws.region(core) or "us-east-1"
+        endpoint = aws.service_endpoint("sqs", endpoint_url, core) or server
+        region = (
+            region or url_region or default_region or aws.profile_region(core) or fallback_region
+        )
         return aws.client("sqs", core, endpoint_url=endpoint, region_name=region)
     except QueueError:
         raise

@@ -27,6 +27,7 @@ from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
 from integrity.remediation.ledger import (
+    DEFAULT_LEASE_SECONDS,
     SKIPPED,
     audit,
     dump_values,
@@ -39,7 +40,7 @@ from integrity.remediation.ledger import (
     remediation_runs,
     start_run,
 )
-from integrity.remediation.plan import ALLOW_WRITES_ENV, writes_allowed
+from integrity.remediation.plan import ALLOW_WRITES_ENV
 from integrity.remediation.rows import (
     BatchNotApplied,
     RowConflict,
@@ -96,7 +97,8 @@ def rollback(
     dry_run: bool = True,
     run_id: str | None = None,
     batch_size: int = 100,
-    environ: dict[str, str] | None = None,
+    allow_writes: bool = False,
+    lease: float = DEFAULT_LEASE_SECONDS,
 ) -> RollbackResult:
     """Restore the before values a remediation run audited, for rows not changed since.
 
@@ -104,7 +106,7 @@ def rollback(
     cancelled. Every restore is audited under the rollback's own run id, and the original records
     are marked as rolled back, so a second rollback of the same run changes nothing.
     """
-    if not dry_run and not writes_allowed(environ):
+    if not dry_run and not allow_writes:
         raise RemediationRefused(
             f"writes are not enabled for this database: set {ALLOW_WRITES_ENV}=1 in the "
             "environment of the run to roll back (or leave dry_run on)"
@@ -117,7 +119,7 @@ def rollback(
     if not dry_run:
         # First: a target whose lease ran out is recorded as failed, so it can write no more
         # batches and the records read below are all it will ever have.
-        fail_interrupted_runs(engine, by=run_id)
+        fail_interrupted_runs(engine, by=run_id, lease=lease)
     with engine.connect() as conn:
         if not ledger_exists(conn):
             raise RemediationRefused(
@@ -140,7 +142,7 @@ def rollback(
         known = conn.execute(
             sa.select(sa.func.count()).select_from(audit).where(audit.c.run_id == target_run_id)
         ).scalar_one()
-        target = read_runs(conn, remediation_runs.c.run_id == target_run_id)
+        target = read_runs(conn, remediation_runs.c.run_id == target_run_id, lease=lease)
     if not dry_run and target and target[0]["state"] == "running":
         raise TargetStillRunning(
             f"run {target_run_id} is still running (its lease runs until "
@@ -154,7 +156,7 @@ def rollback(
         # changed nothing, and failed runs write no more, so undoing it is done as it stands.
         result.nothing_to_undo = True
     if not dry_run:
-        start_run(engine, run_id, "rollback", None, target_run_id)
+        start_run(engine, run_id, "rollback", None, target_run_id, lease=lease)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["table_name"], record["key_column"]), []).append(dict(record))
@@ -304,7 +306,9 @@ def _cancel_queue(
             )
 
 
-def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+def run_history(
+    engine: sa.Engine, limit: int = 20, *, lease: float = DEFAULT_LEASE_SECONDS
+) -> list[dict[str, Any]]:
     """The latest remediation and rollback runs, newest first (for `integrity rollback --list`).
 
     A run whose process died shows as `failed` with `interrupted` once its lease has run out.
@@ -312,7 +316,7 @@ def run_history(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         if not ledger_exists(conn):
             return []
-        return read_runs(conn, limit=limit)
+        return read_runs(conn, limit=limit, lease=lease)
 
 
 def rollback_completed_line(result: RollbackResult) -> str:

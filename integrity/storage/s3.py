@@ -6,8 +6,7 @@ follow the standard AWS chain and never pass through this module's messages.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -54,42 +53,42 @@ _RETRYABLE_CODES = {
 }
 
 
-_CHECKSUM_SETTINGS = {
-    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
-    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
-}
+_CHECKSUM_SETTINGS = ("request_checksum_calculation", "response_checksum_validation")
 
 
 def s3_client(
-    endpoint_url: str | None = None, region: str | None = None, *, max_attempts: int = 5
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    max_attempts: int = 5,
+    checksums: Mapping[str, str] | None = None,
+    core: Any = None,
 ) -> Any:
-    """The storage client: the one place the CLI and the Dagster resources get it from.
+    """A storage client; integrity.connections.s3_client gives it the environment's values.
 
-    An explicit `endpoint_url` (--endpoint-url, StorageResource.endpoint_url) wins; else boto3's
-    convention applies: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then the AWS config file.
-    The region is explicit, else AWS_REGION, AWS_DEFAULT_REGION or the profile's ('auto' for R2).
+    `endpoint_url` None leaves the endpoint to the AWS config file; `region` None to the profile.
     Checksums are sent only when required (S3-compatible stores reject the newer defaults)
-    unless the environment or the profile says otherwise. ListObjectsV2 answers are read into
-    Arrow columns (integrity.storage.s3_listing); every other part of the client is botocore's.
-    Sends nothing.
+    unless `checksums` (AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION) or
+    the profile say otherwise. ListObjectsV2 answers are read into Arrow columns
+    (integrity.storage.s3_listing); every other part of the client is botocore's. Sends nothing.
     """
     from botocore.config import Config
 
     from integrity import aws
 
-    core = aws.botocore_session()
+    core = core or aws.botocore_session()
     factory = install_listing_parser(core)
     scoped = core.get_scoped_config()
-    checksums = {
-        name: os.environ.get(variable) or scoped.get(name) or "when_required"
-        for name, variable in _CHECKSUM_SETTINGS.items()
+    given = checksums or {}
+    chosen = {
+        name: given.get(name) or scoped.get(name) or "when_required" for name in _CHECKSUM_SETTINGS
     }
-    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, **checksums)
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, **chosen)
     client = aws.client(
         "s3",
         core,
         endpoint_url=endpoint_url or None,
-        region_name=region or aws.region(core),
+        region_name=region or aws.profile_region(core),
         config=config,
     )
     client._integrity_listing_stats = factory.stats

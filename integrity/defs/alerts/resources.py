@@ -6,7 +6,6 @@ resources while the alert sensors, which import the jobs, import it too.
 
 # No `from __future__ import annotations` here, like the sensors that take this resource.
 
-import os
 from typing import Any
 
 import dagster as dg
@@ -19,6 +18,7 @@ from integrity.alerts import (
     SlackDestination,
     WebhookDestination,
 )
+from integrity.settings import Settings
 
 ALERTS_RESOURCE = "alerts"
 _TRUE = {"1", "true", "yes", "on"}
@@ -121,23 +121,29 @@ class AlertsResource(dg.ConfigurableResource):
         )
 
 
-def _from_env(name: str) -> dg.EnvVar | None:
-    """EnvVar when the variable is set (resolved at tick time, never shown), else None."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+# The variable each field reads, as Settings names them.
+_VARIABLES = {
+    "webhook_url": settings.ENV_ALERT_WEBHOOK_URL,
+    "slack_token": settings.ENV_SLACK_TOKEN,
+    "slack_channel": settings.ENV_SLACK_CHANNEL,
+    "smtp_host": settings.ENV_SMTP_HOST,
+    "smtp_port": settings.ENV_SMTP_PORT,
+    "smtp_user": settings.ENV_SMTP_USER,
+    "smtp_password": settings.ENV_SMTP_PASSWORD,
+    "smtp_starttls": settings.ENV_SMTP_STARTTLS,
+    "email_from": settings.ENV_ALERT_EMAIL_FROM,
+    "email_to": settings.ENV_ALERT_EMAIL_TO,
+    "ui_base_url": settings.ENV_UI_BASE_URL,
+}
 
 
-def alerts_resource_from_env() -> AlertsResource:
+def env_var_when_set(conf: Settings, name: str) -> dg.EnvVar | None:
+    """EnvVar when the variable is set (resolved at run or tick time, shown as a variable name in
+    the UI, never as its value), else None: the one `_from_env` of all the resources."""
+    return dg.EnvVar(name) if conf.is_set(name) else None
+
+
+def alerts_resource_from_env(conf: Settings | None = None) -> AlertsResource:
     """The destinations the environment names; nothing is contacted here."""
-    return AlertsResource(
-        webhook_url=_from_env(settings.ENV_ALERT_WEBHOOK_URL),
-        slack_token=_from_env(settings.ENV_SLACK_TOKEN),
-        slack_channel=_from_env(settings.ENV_SLACK_CHANNEL),
-        smtp_host=_from_env(settings.ENV_SMTP_HOST),
-        smtp_port=_from_env(settings.ENV_SMTP_PORT),
-        smtp_user=_from_env(settings.ENV_SMTP_USER),
-        smtp_password=_from_env(settings.ENV_SMTP_PASSWORD),
-        smtp_starttls=_from_env(settings.ENV_SMTP_STARTTLS),
-        email_from=_from_env(settings.ENV_ALERT_EMAIL_FROM),
-        email_to=_from_env(settings.ENV_ALERT_EMAIL_TO),
-        ui_base_url=_from_env(settings.ENV_UI_BASE_URL),
-    )
+    conf = conf or Settings.from_env()
+    return AlertsResource(**{f: env_var_when_set(conf, name) for f, name in _VARIABLES.items()})

@@ -31,6 +31,7 @@ from integrity.inventory import DatabaseInventory, StorageInventory, check_datab
 from integrity.kinds import KINDS
 from integrity.parquet_diff import diff_any_size
 from integrity.reconcile import build_storage_inventory, read_inventory_report, tenant_scope
+from integrity.settings import Settings
 from integrity.spec import check_tenant
 
 EXAMPLES_SHOWN = 20
@@ -280,7 +281,7 @@ def reconciliation_report(
     )
     with fail_clearly():
         reconciliation_spec = spec.load()
-        limits = EngineLimits.from_env()
+        limits = EngineLimits.from_settings(Settings.from_env())
         started = time.perf_counter()
         report = diff_any_size(
             storage_inventory, db_inventory, reconciliation_spec, options, limits=limits

@@ -40,7 +40,6 @@ from integrity.remediation import (
     RemediationResult,
     completed_line,
     remediate,
-    writes_allowed,
 )
 from integrity.remediation.apply import RecheckBudgetExhausted
 from integrity.remediation.ledger import (
@@ -55,6 +54,7 @@ from integrity.remediation.rollback import (
     rollback,
     rollback_completed_line,
 )
+from integrity.settings import Settings
 from integrity.spec import check_tenant
 
 REMEDIATION_TAGS = {REMEDIATION_TAG: "true"}
@@ -152,7 +152,7 @@ def _database_failure(database: DatabaseResource, exc: sa.exc.SQLAlchemyError) -
 
 
 def interrupted_runs(
-    context: OpExecutionContext, engine: sa.Engine, *, record: bool
+    context: OpExecutionContext, engine: sa.Engine, *, record: bool, lease: float
 ) -> list[dict[str, Any]]:
     """Earlier runs whose process died (their lease ran out), each named in a warning.
 
@@ -160,11 +160,11 @@ def interrupted_runs(
     otherwise they are only read, and the next applying run records them.
     """
     if record:
-        runs = fail_interrupted_runs(engine, by=context.run_id)
+        runs = fail_interrupted_runs(engine, by=context.run_id, lease=lease)
         verb = "recorded as failed"
     else:
         with engine.connect() as conn:
-            runs = read_runs(conn, remediation_runs.c.state == "running")
+            runs = read_runs(conn, remediation_runs.c.state == "running", lease=lease)
         runs = [run for run in runs if run["interrupted"]]
         verb = "shown as failed (the next applying run records it)"
     for run in runs:
@@ -264,10 +264,12 @@ def apply_remediation(
             if not options.dry_run:
                 raise dg.Failure(description=f"{stale}; nothing was changed")
             context.log.warning(f"a run that writes would be refused: {stale}")
+        conf = Settings.from_env()
+        lease = conf.lease_seconds()
         try:
             with database.engine() as engine:
                 interrupted = interrupted_runs(
-                    context, engine, record=not options.dry_run and writes_allowed()
+                    context, engine, record=not options.dry_run and conf.allow_writes, lease=lease
                 )
                 result = remediate(
                     report,
@@ -277,6 +279,8 @@ def apply_remediation(
                     options,
                     work_queue=work_queue,
                     run_id=context.run_id,
+                    allow_writes=conf.allow_writes,
+                    lease=lease,
                     on_batch=lambda n, total: context.log.debug(f"batch {n} of {total} done"),
                 )
         except sa.exc.SQLAlchemyError as exc:
@@ -308,6 +312,7 @@ def apply_rollback(
     delivered are cancelled.
     """
     with fail_clearly():
+        conf = Settings.from_env()
         try:
             with database.engine() as engine:
                 result: RollbackResult = rollback(
@@ -316,6 +321,8 @@ def apply_rollback(
                     dry_run=config.dry_run,
                     run_id=context.run_id,
                     batch_size=config.batch_size,
+                    allow_writes=conf.allow_writes,
+                    lease=conf.lease_seconds(),
                 )
         except sa.exc.SQLAlchemyError as exc:
             raise _database_failure(database, exc) from None

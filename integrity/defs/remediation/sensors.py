@@ -36,7 +36,7 @@ from integrity.defs.resources import SpecResource
 from integrity.diff import ReconciliationReport
 from integrity.errors import IntegrityError
 from integrity.policy import SKIP, RemediationDecision, allowed_kinds, decide_remediation
-from integrity.remediation import writes_allowed
+from integrity.settings import Settings
 
 AUTO_REMEDIATION_SENSOR = "auto_remediation_sensor"
 REPORTS_PER_TICK = 50
@@ -129,9 +129,10 @@ def auto_remediation_sensor(
     ).records
     if not records:
         return dg.SkipReason("no new reconciliation_report materialization")
+    conf = Settings.from_env()
     try:
         policy = spec.load().policy
-        allowed = allowed_kinds(policy)
+        allowed = allowed_kinds(policy, conf.auto_remediate)
     except IntegrityError as exc:
         # The cursor stays: once the policy is fixed, these reports are judged.
         return dg.SkipReason(f"auto-remediation policy: {exc}")
@@ -139,7 +140,7 @@ def auto_remediation_sensor(
     latest = context.instance.get_latest_storage_id_by_partition(
         REPORT_KEY, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=partitions
     )
-    may_write = writes_allowed()
+    may_write = conf.allow_writes
     requests: list[dg.RunRequest] = []
     notes: list[str] = []
     started = time.monotonic()
