@@ -147,12 +147,8 @@ def make_engine(url: str, *, option: str = "--db-url", conf: Settings | None = N
         if local_file and Path(database).is_dir():
             raise UsageError(f"{option}: {database} is a directory, not a SQLite database file")
         if local_file and not Path(database).is_file():
-            demo = (conf or Settings.from_env()).home / "demo.sqlite"
-            hint = (
-                "run 'integrity demo' to create it"
-                if Path(database).absolute() == demo
-                else f"check {option}"
-            )
+            demo = conf is not None and Path(database).absolute() == conf.home / "demo.sqlite"
+            hint = "run 'integrity demo' to create it" if demo else f"check {option}"
             raise DatabaseError(f"SQLite database file {database} does not exist ({hint})")
     try:
         return sa.create_engine(parsed)
@@ -238,11 +234,14 @@ def make_store(
     max_attempts: int = 5,
     listing_attempts: int = 5,
     names: Mapping[str, str] = CLI_NAMES,
+    check_directory: bool = True,
 ) -> ObjectStore:
     """S3 when a bucket is named (explicitly, else INTEGRITY_BUCKET unless a storage directory
     is explicit), else the local directory (explicit, else INTEGRITY_STORAGE_DIR, else the demo's).
 
-    Every value is checked first, with a message naming where it came from."""
+    Every value is checked first, with a message naming where it came from; with
+    `check_directory` off a missing directory is left to the listing, which reports it (a
+    schedule tick or a step then fails with the listing's own message)."""
     if bucket and storage_dir:
         raise UsageError(
             f"{names['bucket']} and {names['storage_dir']} are mutually exclusive: choose one storage"
@@ -269,9 +268,10 @@ def make_store(
     from integrity.storage.local import LocalStorage
 
     if storage_dir:
-        check_storage_dir(Path(storage_dir), names["storage_dir"])
+        if check_directory:
+            check_storage_dir(Path(storage_dir), names["storage_dir"])
         return LocalStorage(Path(storage_dir).expanduser())
-    if conf.storage_dir:
+    if conf.storage_dir and check_directory:
         check_storage_dir(conf.storage_dir, names_.ENV_STORAGE_DIR)
     return LocalStorage(conf.storage_directory)
 

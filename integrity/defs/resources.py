@@ -99,6 +99,7 @@ class StorageResource(dg.ConfigurableResource):
             max_attempts=self.max_attempts,
             listing_attempts=self.listing_attempts,
             names=STORAGE_NAMES,
+            check_directory=False,  # the listing says so, with the step's own message
         )
 
     def _client(self) -> Any:
