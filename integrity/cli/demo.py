@@ -60,7 +60,7 @@ def cmd_demo(args: argparse.Namespace, conf: Settings) -> int:
         remediation=remediation,
     )
     print(file=out)
-    from integrity.demo_dagster import closing_hints, materialise_demo
+    from integrity.defs.demo_instance import closing_hints, materialise_demo
 
     overriding = [
         n

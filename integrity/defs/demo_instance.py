@@ -116,7 +116,7 @@ def materialise_demo(
         import dagster as dg
 
         from integrity.defs.io_managers import ParquetSnapshotIOManager
-        from integrity.defs.names import RECONCILE_JOB, SNAPSHOT_IO_MANAGER
+        from integrity.defs.names import RECONCILE_JOB, SNAPSHOT_IO_MANAGER, TRIGGER_TAG
         from integrity.defs.partitions import TENANTS
         from integrity.defs.reconciliation.assets import reconciliation_assets
         from integrity.defs.reconciliation.checks import reconciliation_checks
@@ -155,7 +155,7 @@ def materialise_demo(
                 # The terminal shows the report; the run logs are in the UI.
                 run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
                 instance=instance,
-                tags={"integrity/trigger": "integrity demo"},
+                tags={TRIGGER_TAG: "integrity demo"},
                 raise_on_error=False,
             )
             result.runs[partition] = run.success
