@@ -45,7 +45,6 @@ from integrity.spec import parse_spec  # noqa: E402
 from integrity.storage import LocalStorage  # noqa: E402
 
 BASE = datetime(2026, 3, 1, 12, 0, 0)
-ALLOW = {"INTEGRITY_ALLOW_WRITES": "1"}
 SHAPES = {"single": ("single_documents", "id"), "composite": ("tenant_documents", None)}
 
 
@@ -141,7 +140,7 @@ def run(engine: sa.Engine, store: LocalStorage, shape: str, tenants: int, rows: 
 
     options = RemediationOptions(dry_run=False, max_change_ratio=1.0, batch_size=100)
     started = time.perf_counter()
-    result = remediate(report, engine, spec, store, options, environ=ALLOW)
+    result = remediate(report, engine, spec, store, options, allow_writes=True)
     figures["apply_s"] = round(time.perf_counter() - started, 3)
     figures["apply_rows_per_s"] = round(len(missing) / figures["apply_s"])
     assert result.counts["marked_error"] == len(missing) and result.counts["skipped_changed"] == 0
@@ -154,15 +153,15 @@ def run(engine: sa.Engine, store: LocalStorage, shape: str, tenants: int, rows: 
 
     started = time.perf_counter()
     again = reconcile(store, engine, spec, DiffOptions(now=BASE + timedelta(hours=3)))
-    second = remediate(again, engine, spec, store, options, environ=ALLOW)
-    stale = remediate(report, engine, spec, store, options, environ=ALLOW)
+    second = remediate(again, engine, spec, store, options, allow_writes=True)
+    stale = remediate(report, engine, spec, store, options, allow_writes=True)
     figures["second_run_s"] = round(time.perf_counter() - started, 3)
     assert second.updated == 0 and stale.updated == 0
     assert stale.counts["skipped_changed"] == len(missing)
     assert _dump(engine, table) == after
 
     started = time.perf_counter()
-    undo = rollback(engine, result.run_id, dry_run=False, environ=ALLOW)
+    undo = rollback(engine, result.run_id, dry_run=False, allow_writes=True)
     figures["rollback_s"] = round(time.perf_counter() - started, 3)
     assert undo.counts["restored"] == len(missing)
     assert _dump(engine, table) == before, f"{shape}: rollback is not exact"

@@ -126,7 +126,7 @@ def _apply(report: Any, db: Databases, store: Any, concurrency: int) -> dict[str
             default_spec(),
             store,
             options,
-            environ={"INTEGRITY_ALLOW_WRITES": "1"},
+            allow_writes=True,
         )
         out["outcome"] = "completed"
         out["updated"] = result.updated

@@ -24,7 +24,7 @@ Per database and batch size, the worker seeds the reference schema afresh and th
   breaker       remediate without force must refuse (the drift is deliberately above 20%).
   dry run       remediate(dry_run=True, force=True): counts must equal the apply's expected
                 counts, and a full dump of the tables must be unchanged, with no ledger created.
-  apply         remediate(dry_run=False, force=True, environ={"INTEGRITY_ALLOW_WRITES": "1"}).
+  apply         remediate(dry_run=False, force=True, allow_writes=True).
                 Counts by outcome must match the plan; the rows that differ in a full table dump
                 must be exactly `updated`; audit and queue rows must match.
   second run    reconcile again (2 h later) and remediate without force: nothing may change
@@ -588,7 +588,6 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     from integrity.spec import default_spec
 
     spec = default_spec()
-    allow = {"INTEGRITY_ALLOW_WRITES": "1"}
     check = Checks()
     out: dict[str, Any] = {"batch_size": batch_size}
     expected = world["expected_counts"]
@@ -669,7 +668,7 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     commits.take()
     started = time.perf_counter()
     applied = remediate(
-        report, engine, spec, store, options(dry_run=False, force=True), environ=allow
+        report, engine, spec, store, options(dry_run=False, force=True), allow_writes=True
     )
     seconds = time.perf_counter() - started
     phase = _phase(store, commits, seconds)
@@ -730,7 +729,7 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     store.reset()
     commits.take()
     started = time.perf_counter()
-    second = remediate(report2, engine, spec, store, options(dry_run=False), environ=allow)
+    second = remediate(report2, engine, spec, store, options(dry_run=False), allow_writes=True)
     seconds2 = time.perf_counter() - started
     again = dump(engine)
     ledger_again = ledger_counts(engine)
@@ -769,7 +768,7 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     # -- rollback of the apply
     commits.take()
     started = time.perf_counter()
-    undone = rollback(engine, applied.run_id, dry_run=False, batch_size=batch_size, environ=allow)
+    undone = rollback(engine, applied.run_id, dry_run=False, batch_size=batch_size, allow_writes=True)
     seconds = time.perf_counter() - started
     restored = dump(engine)
     ledger_rb = ledger_counts(engine)

@@ -411,3 +411,29 @@ def test_help_is_fast_and_does_not_import_dagster(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--min-age" in result.stdout
+
+
+# What `integrity reconcile` on local storage must never load: the Dagster layer, the S3 client
+# and the out-of-core engine (a demo-sized run is diffed in memory).
+NOT_FOR_A_LOCAL_RECONCILE = ("dagster", "dagster_aws", "duckdb", "boto3", "botocore")
+
+
+@pytest.mark.e2e
+def test_reconcile_imports_no_dagster(demo: DemoEnvironment, tmp_path: Path) -> None:
+    """A whole dry run on the demo, in a fresh interpreter: afterwards sys.modules holds none of
+    Dagster, dagster_aws, boto3 or duckdb, and the remediation package loaded only its plan."""
+    code = (
+        "import sys; from integrity.cli import main\n"
+        f"code = main(['reconcile', '--db-url', {demo.db_url!r}, "
+        f"'--storage-dir', {str(demo.storage_dir)!r}, '--json'])\n"
+        f"roots = {NOT_FOR_A_LOCAL_RECONCILE!r}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in roots)\n"
+        "assert code == 0, code\n"
+        "assert loaded == [], loaded\n"
+        "assert 'integrity.remediation.apply' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["checked"]["objects"] == demo.objects

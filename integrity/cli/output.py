@@ -365,7 +365,7 @@ def _emit(
 
 def _completed(report: ReconciliationReport, remediation: Remediation) -> None:
     """The one structured log line every finished run ends with (on stderr)."""
-    from integrity.remediation import completed_line
+    from integrity.remediation.summary import completed_line
 
     print(completed_line(report, remediation.result), file=sys.stderr, flush=True)
 

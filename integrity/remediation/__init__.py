@@ -8,52 +8,49 @@
 - queue.py: the re-queue (a table in the same database, or SQS through an outbox);
 - ledger.py: integrity's own tables (runs, audit, queue);
 - rows.py: the conditional-write primitives apply and rollback share.
+
+The names below load their module on first use (PEP 562): planning a dry run never imports the
+apply path, and `from integrity.remediation.plan import ...` costs only the plan.
 """
 
 from __future__ import annotations
 
-from integrity.remediation.apply import (
-    COMPLETED_MSG,
-    COUNT_NAMES,
-    RecheckBudgetExhausted,
-    RemediationResult,
-    completed_line,
-    completed_record,
-    remediate,
-)
-from integrity.remediation.plan import (
-    ALLOW_WRITES_ENV,
-    RemediationOptions,
-    plan_remediation,
-)
-from integrity.remediation.queue import SqsQueue, TableQueue, WorkQueue, make_queue, take_pending
-from integrity.remediation.rollback import (
-    ROLLBACK_COMPLETED_MSG,
-    RollbackResult,
-    rollback,
-    rollback_completed_line,
-    run_history,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ALLOW_WRITES_ENV",
-    "COMPLETED_MSG",
-    "COUNT_NAMES",
-    "ROLLBACK_COMPLETED_MSG",
-    "RecheckBudgetExhausted",
-    "RemediationOptions",
-    "RemediationResult",
-    "RollbackResult",
-    "SqsQueue",
-    "TableQueue",
-    "WorkQueue",
-    "completed_line",
-    "completed_record",
-    "make_queue",
-    "plan_remediation",
-    "remediate",
-    "rollback",
-    "rollback_completed_line",
-    "run_history",
-    "take_pending",
-]
+_WHERE = {
+    "COMPLETED_MSG": "integrity.remediation.summary",
+    "COUNT_NAMES": "integrity.remediation.apply",
+    "RecheckBudgetExhausted": "integrity.remediation.apply",
+    "RemediationResult": "integrity.remediation.apply",
+    "completed_line": "integrity.remediation.summary",
+    "completed_record": "integrity.remediation.summary",
+    "remediate": "integrity.remediation.apply",
+    "ALLOW_WRITES_ENV": "integrity.remediation.plan",
+    "RemediationOptions": "integrity.remediation.plan",
+    "plan_remediation": "integrity.remediation.plan",
+    "SqsQueue": "integrity.remediation.queue",
+    "TableQueue": "integrity.remediation.queue",
+    "WorkQueue": "integrity.remediation.queue",
+    "make_queue": "integrity.remediation.queue",
+    "take_pending": "integrity.remediation.queue",
+    "ROLLBACK_COMPLETED_MSG": "integrity.remediation.rollback",
+    "RollbackResult": "integrity.remediation.rollback",
+    "rollback": "integrity.remediation.rollback",
+    "rollback_completed_line": "integrity.remediation.rollback",
+    "run_history": "integrity.remediation.rollback",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -23,7 +23,6 @@ Objects are never deleted. integrity.remediation.rollback undoes a run from its 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -73,8 +72,6 @@ from integrity.remediation.rows import (
 )
 from integrity.spec import ReconciliationSpec
 from integrity.storage.base import ObjectStore
-
-COMPLETED_MSG = "reconcile: completed"
 
 COUNT_NAMES = (
     "marked_error",
@@ -138,41 +135,6 @@ class RecheckBudgetExhausted(IntegrityError):
     def __init__(self, message: str, result: RemediationResult) -> None:
         super().__init__(message)
         self.result = result
-
-
-def completed_record(
-    report: ReconciliationReport | None, result: RemediationResult | None, **extra: Any
-) -> dict[str, Any]:
-    """The one structured log line a run ends with: `"msg": "reconcile: completed"` and counts."""
-    record: dict[str, Any] = {
-        "time": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "level": "INFO",
-        "msg": COMPLETED_MSG,
-    }
-    if report is not None:
-        record.update(
-            scope=report.scope,
-            complete=report.complete,
-            checked={"objects": report.objects_checked, "rows": report.rows_checked},
-            **report.counts(),
-        )
-    if result is not None:
-        record.update(
-            run_id=result.run_id,
-            updated=result.updated,
-            requeued=result.counts["requeued"],
-            skipped_changed=result.counts["skipped_changed"],
-            skipped_unverified=result.counts["skipped_unverified"],
-            dry_run=result.dry_run,
-        )
-    else:
-        record.update(updated=0, requeued=0, skipped_changed=0, dry_run=True)
-    record.update(extra)
-    return record
-
-
-def completed_line(report: ReconciliationReport | None, result: RemediationResult | None) -> str:
-    return json.dumps(completed_record(report, result), ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)

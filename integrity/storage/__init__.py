@@ -1,21 +1,33 @@
-"""Storage backends behind one interface: S3-compatible buckets and local directories."""
+"""Storage backends behind one interface: S3-compatible buckets and local directories.
 
-from integrity.storage.base import (
-    ListingFailed,
-    ListingPage,
-    ObjectHead,
-    ObjectStore,
-    list_common_prefixes,
-)
-from integrity.storage.local import LocalStorage
-from integrity.storage.s3 import S3Storage
+The backends load on first use (PEP 562), so a local-directory run never imports botocore.
+"""
 
-__all__ = [
-    "ListingFailed",
-    "ListingPage",
-    "LocalStorage",
-    "ObjectHead",
-    "ObjectStore",
-    "S3Storage",
-    "list_common_prefixes",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ListingFailed": "integrity.storage.base",
+    "ListingPage": "integrity.storage.base",
+    "ObjectHead": "integrity.storage.base",
+    "ObjectStore": "integrity.storage.base",
+    "list_common_prefixes": "integrity.storage.base",
+    "LocalStorage": "integrity.storage.local",
+    "S3Storage": "integrity.storage.s3",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
