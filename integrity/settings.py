@@ -52,7 +52,7 @@ ENV_RECONCILE_CRON = "INTEGRITY_RECONCILE_CRON"
 ENV_SENSOR_INTERVAL = "INTEGRITY_SENSOR_INTERVAL_SECONDS"
 
 # The event-driven path (new_object_sensor, bucket_notification_sensor, requeue_sensor);
-# read at each tick by integrity.events.EventSettings.from_env.
+# read at each tick by integrity.events.settings.event_settings_from.
 ENV_WATCH_PREFIXES = "INTEGRITY_WATCH_PREFIXES"  # comma list; default: the uploads prefix head
 ENV_WATCH_PAGES = "INTEGRITY_WATCH_PAGES"  # listing pages per tick (default 20)
 ENV_WATCH_SECONDS = "INTEGRITY_WATCH_SECONDS"  # time budget per tick (default 20s)

@@ -23,6 +23,7 @@ from integrity.cli.common import (
 )
 from integrity.durations import format_duration
 from integrity.kinds import KINDS, AgeSetting, KindRegistry
+from integrity.remediation.counts import ROLLBACK_COUNTS
 
 if TYPE_CHECKING:
     from integrity.diff import ReconciliationReport
@@ -106,16 +107,6 @@ REMEDIATION_COUNTS: dict[str, str] = {
     "skipped_gone": "objects gone on the re-check: not queued",
     "skipped_unverified": "objects whose re-check failed: left alone (audited with the reason)",
     "not_verified": "findings the re-check budget left no time for: left alone",
-}
-
-
-ROLLBACK_COUNTS: dict[str, str] = {
-    "restored": "rows given back their values from before the run",
-    "removed": "rows the run created, removed",
-    "unchanged": "records that changed nothing (a queue entry only)",
-    "skipped_changed": "rows changed since the run: left as they are",
-    "queue_cancelled": "queue entries not yet delivered: cancelled",
-    "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
 }
 
 

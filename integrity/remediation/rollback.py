@@ -26,6 +26,7 @@ from integrity.clock import utcnow
 from integrity.database import table_clause
 from integrity.errors import DatabaseError, RemediationRefused, SpecError
 from integrity.inventory import safe_url
+from integrity.remediation.counts import ROLLBACK_COUNTS
 from integrity.remediation.ledger import (
     DEFAULT_LEASE_SECONDS,
     SKIPPED,
@@ -53,17 +54,9 @@ from integrity.remediation.rows import (
 )
 
 ROLLBACK_COMPLETED_MSG = "rollback: completed"
+
+
 # What a rollback counts, in report order, and what each count means (for people reading it).
-ROLLBACK_COUNTS: dict[str, str] = {
-    "restored": "rows given back their values from before the run",
-    "removed": "rows the run created, removed",
-    "unchanged": "records that changed nothing (a queue entry only)",
-    "skipped_changed": "rows changed since the run: left as they are",
-    "queue_cancelled": "queue entries not yet delivered: cancelled",
-    "queue_already_delivered": "queue entries already sent or taken: cannot be recalled",
-}
-
-
 class TargetStillRunning(RemediationRefused):
     """The run to undo is still alive (its lease is fresh): its next batches would be missed."""
 
