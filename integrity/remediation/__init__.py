@@ -15,8 +15,7 @@ apply path, and `from integrity.remediation.plan import ...` costs only the plan
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from integrity.lazy import lazy_exports
 
 _WHERE = {
     "COMPLETED_MSG": "integrity.remediation.summary",
@@ -44,13 +43,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -5,8 +5,7 @@ The backends load on first use (PEP 562), so a local-directory run never imports
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from integrity.lazy import lazy_exports
 
 _WHERE = {
     "ListingFailed": "integrity.storage.base",
@@ -21,13 +20,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
