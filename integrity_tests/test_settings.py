@@ -8,6 +8,7 @@ an `ast` walk over the source checks that no core module touches os.environ or o
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,18 @@ def test_a_bad_endpoint_in_the_environment_is_named_on_both_paths(env: pytest.Mo
         connections.make_store(connections.without_location(Settings.from_env()), bucket="b")
     assert str(from_cli.value) == str(from_resource.value)
     assert str(from_cli.value).startswith("AWS_ENDPOINT_URL_S3: 'ftp://nowhere' is not an http://")
+
+
+def test_the_configuration_table_names_exactly_the_variables_read() -> None:
+    """docs/configuration.md's table cannot drift from the code: every variable the project
+    reads is in it by its full name, and it names no variable nobody reads."""
+    from integrity.defs.reconciliation.shards import ENV_SHARDS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    table = "\n".join(line for line in doc.splitlines() if line.startswith("| `"))
+    documented = set(re.findall(r"`((?:INTEGRITY|AWS)_[A-Z0-9_]+)`", table))
+    read = {v for k, v in vars(settings).items() if k.startswith("ENV_") and isinstance(v, str)}
+    read = (read | {ENV_SHARDS}) - {settings.ENV_ARROW_MEMORY_POOL}  # Arrow's own, defaulted
+    credentials = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"}  # boto3 reads
+    assert sorted(read - documented) == []
+    assert sorted(documented - read - credentials) == []
