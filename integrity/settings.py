@@ -149,6 +149,8 @@ class Settings:
     auto_remediate: str | None = None
     reconcile_cron: str | None = None
     sensor_interval: str | None = None
+    watch_prefixes: str | None = None  # set: new_object_sensor runs by default
+    events_queue_url: str | None = field(default=None, repr=False)  # set: the event sensor runs
     region: str | None = None
     region_variable: str | None = None  # AWS_REGION or AWS_DEFAULT_REGION, whichever gave it
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL: the bucket's (never the queue's)
@@ -187,6 +189,8 @@ class Settings:
             auto_remediate=environ.get(ENV_AUTO_REMEDIATE),  # "" means no kinds, as before
             reconcile_cron=_get(environ, ENV_RECONCILE_CRON),
             sensor_interval=_get(environ, ENV_SENSOR_INTERVAL),
+            watch_prefixes=_get(environ, ENV_WATCH_PREFIXES),
+            events_queue_url=_get(environ, ENV_EVENTS_QUEUE_URL),
             region=_get(environ, region_variable) if region_variable else None,
             region_variable=region_variable,
             endpoint_url=_get(environ, ENV_ENDPOINT_URL),

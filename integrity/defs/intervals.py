@@ -10,15 +10,14 @@ it imports nothing from the Dagster layer.
 
 from __future__ import annotations
 
-import os
-
 from integrity import settings
 from integrity.errors import UsageError
+from integrity.settings import Settings
 
 
 def sensor_interval(default: int) -> int:
     """The minimum interval of a sensor whose own is `default` seconds."""
-    raw = os.environ.get(settings.ENV_SENSOR_INTERVAL, "").strip()
+    raw = (Settings.from_env().sensor_interval or "").strip()
     if not raw:
         return default
     try:

@@ -12,7 +12,6 @@ with that job's `process_run_config`, and nothing else in the Dagster layer uses
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -41,6 +40,7 @@ from integrity.events.settings import EventSettings, event_settings_from
 from integrity.events.sqs import DeleteOutcome, SqsInbox
 from integrity.inventory import db_error_reason, minimal_prefixes
 from integrity.remediation.queue import mark_taken, peek_pending
+from integrity.settings import Settings
 
 NEW_OBJECT_SENSOR = "new_object_sensor"
 NOTIFICATION_SENSOR = "bucket_notification_sensor"
@@ -57,11 +57,9 @@ _IGNORED_WORDS = {
 }
 
 
-def _status_when_set(name: str) -> dg.DefaultSensorStatus:
+def _status_when_set(value: str | None) -> dg.DefaultSensorStatus:
     """Running by default only where the environment configures the sensor."""
-    return (
-        dg.DefaultSensorStatus.RUNNING if os.environ.get(name) else dg.DefaultSensorStatus.STOPPED
-    )
+    return dg.DefaultSensorStatus.RUNNING if value else dg.DefaultSensorStatus.STOPPED
 
 
 def _request(key: str, run_key: str, source: str) -> dg.RunRequest:
@@ -107,7 +105,7 @@ def _poll_line(result: PollResult) -> str:
     name=NEW_OBJECT_SENSOR,
     job_name=PROCESS_JOB,
     minimum_interval_seconds=sensor_interval(INTERVAL_SECONDS),
-    default_status=_status_when_set(settings.ENV_WATCH_PREFIXES),
+    default_status=_status_when_set(Settings.from_env().watch_prefixes),
 )
 def new_object_sensor(
     context: SensorEvaluationContext,
@@ -192,7 +190,7 @@ def _drain(context: SensorEvaluationContext, inbox: SqsInbox, owed: list[str]) -
     name=NOTIFICATION_SENSOR,
     job_name=PROCESS_JOB,
     minimum_interval_seconds=sensor_interval(INTERVAL_SECONDS),
-    default_status=_status_when_set(settings.ENV_EVENTS_QUEUE_URL),
+    default_status=_status_when_set(Settings.from_env().events_queue_url),
 )
 def bucket_notification_sensor(
     context: SensorEvaluationContext,

@@ -6,7 +6,6 @@ definitions load, and a value Dagster cannot schedule stops the load with one li
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timezone
 
@@ -20,6 +19,7 @@ from integrity.defs.reconciliation.discovery import DiscoveryFailed, discover
 from integrity.defs.reconciliation.jobs import reconcile_job
 from integrity.defs.resources import DatabaseResource, SpecResource, StorageResource
 from integrity.errors import UsageError
+from integrity.settings import Settings
 
 DAILY_CRON = "0 2 * * *"
 DAILY_TIMEZONE = "UTC"
@@ -28,7 +28,7 @@ SCHEDULE_NAME = "daily_reconciliation"
 
 def reconcile_cron() -> str:
     """The cron of the daily reconciliation: INTEGRITY_RECONCILE_CRON, else 02:00 every day."""
-    return os.environ.get(settings.ENV_RECONCILE_CRON, "").strip() or DAILY_CRON
+    return (Settings.from_env().reconcile_cron or "").strip() or DAILY_CRON
 
 
 def build_daily_reconciliation(cron: str) -> dg.ScheduleDefinition:
