@@ -768,7 +768,9 @@ def measure(args, world: dict[str, Any], engine: Any, store: TimedStore, batch_s
     # -- rollback of the apply
     commits.take()
     started = time.perf_counter()
-    undone = rollback(engine, applied.run_id, dry_run=False, batch_size=batch_size, allow_writes=True)
+    undone = rollback(
+        engine, applied.run_id, dry_run=False, batch_size=batch_size, allow_writes=True
+    )
     seconds = time.perf_counter() - started
     restored = dump(engine)
     ledger_rb = ledger_counts(engine)

@@ -12,6 +12,7 @@ with that job's `process_run_config`, and nothing else in the Dagster layer uses
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
