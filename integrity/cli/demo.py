@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from integrity import connections, settings
+from integrity.cli import reconcile
 from integrity.cli.output import _completed, _emit
-from integrity.cli.reconcile import preview, run_reconciliation
 from integrity.errors import UsageError
 from integrity.settings import Settings
 
@@ -32,7 +32,9 @@ def cmd_demo(args: argparse.Namespace, conf: Settings) -> int:
     built = time.perf_counter() - started
     engine = connections.make_engine(env.db_url, conf=conf)
     try:
-        report = run_reconciliation(
+        # Through the module, so the one reconciliation step is the same object everywhere
+        # (a name bound at import would keep whatever it was when this module first loaded).
+        report = reconcile.run_reconciliation(
             LocalStorage(env.storage_dir, bucket=settings.DEMO_BUCKET),
             engine,
             default_spec(),
@@ -42,7 +44,7 @@ def cmd_demo(args: argparse.Namespace, conf: Settings) -> int:
         )
     finally:
         engine.dispose()
-    remediation = preview(report, RemediationOptions())
+    remediation = reconcile.preview(report, RemediationOptions())
     out = sys.stderr if args.json else sys.stdout
     verb = "built" if env.built else "kept (--no-reset)"
     print(
